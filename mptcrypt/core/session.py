@@ -1,0 +1,163 @@
+"""The objects the engine keeps: a Session (one key chain), a Connection (one TCP or MPTCP connection) and a
+Subflow (one TCP flow with its keys and state)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from mptcrypt.crypto.keyschedule import KeyChain, direction_secrets
+from mptcrypt.crypto.protect import DirectionCipher
+from mptcrypt.core.state import State
+
+FlowKey = tuple  # (local addr bytes, local port, remote addr bytes, remote port)
+
+
+def extend(seq32: int, ref: int) -> int:
+    """The 64-bit extended sequence number closest to `ref` whose low 32 bits are `seq32`."""
+    delta = (seq32 - ref) & 0xFFFFFFFF
+    if delta >= 0x80000000:
+        delta -= 0x100000000
+    return ref + delta
+
+
+def fmt_addr(addr: bytes) -> str:
+    return str(ipaddress.ip_address(addr))
+
+
+def fmt_flow(key: FlowKey) -> str:
+    la, lp, ra, rp = key
+    return f"{fmt_addr(la)}:{lp} > {fmt_addr(ra)}:{rp}" if len(la) == 4 else f"[{fmt_addr(la)}]:{lp} > [{fmt_addr(ra)}]:{rp}"
+
+
+class Session:
+    """One tcpcrypt session: ss[0] and its NEXTKEY chain, shared by every subflow and resumed connection.
+
+    Indices: 0 is the connection that ran the public-key handshake. The side that sent INIT1 (the session's
+    initiator) allocates odd indices, the other side even ones, so both can start joins or resumed connections
+    at the same time without colliding. Each index keys exactly one subflow (checked by `claim`)."""
+
+    __slots__ = ("chain", "initiator", "pub_cipher", "sym_cipher", "_next_own", "used", "peer_addr", "resume_ids")
+
+    def __init__(self, ss0: bytes, initiator: bool, pub_cipher, sym_cipher, peer_addr: bytes):
+        self.chain = KeyChain(ss0)
+        self.initiator = initiator
+        self.pub_cipher = pub_cipher
+        self.sym_cipher = sym_cipher
+        self._next_own = 1 if initiator else 2
+        self.used: dict[int, FlowKey] = {0: None}
+        self.peer_addr = peer_addr
+        self.resume_ids: list[bytes] = []
+
+    def own_parity(self, index: int) -> bool:
+        return index % 2 == (1 if self.initiator else 0)
+
+    def allocate(self) -> int:
+        """The next unused index of our own parity (for a join or a resumed connection we start)."""
+        while self._next_own in self.used:
+            self._next_own += 2
+        i = self._next_own
+        if i > KeyChain.MAX_INDEX:
+            raise ValueError("key chain exhausted")
+        self._next_own += 2
+        return i
+
+    def claim(self, index: int, flow: FlowKey) -> bool:
+        """Mark `index` used by `flow`. False if another flow already used it (a replay) or it is out of range."""
+        if not 0 < index <= KeyChain.MAX_INDEX:
+            return False
+        owner = self.used.get(index, flow)
+        if owner != flow:
+            return False
+        self.used[index] = flow
+        return True
+
+    def peer_next_indices(self, count: int) -> list[int]:
+        """The next `count` unused indices of the peer's parity (candidates for a resumption by the peer)."""
+        start = 2 if self.initiator else 1
+        top = max((i for i in self.used if i and not self.own_parity(i)), default=start - 2)
+        return [top + 2 * k for k in range(1, count + 1)]
+
+
+class Connection:
+    """A TCP connection, or an MPTCP connection with all its subflows: one session index for its sid."""
+
+    __slots__ = ("session", "index", "sid", "resumed", "subflows", "mptcp", "keys", "tokens", "pk_ops")
+
+    def __init__(self, session: Session, index: int, resumed: bool):
+        self.session = session
+        self.index = index
+        self.sid = session.chain.sid(index)
+        self.resumed = resumed
+        self.subflows: list[Subflow] = []
+        self.mptcp = False
+        self.keys: dict[str, bytes] = {}  # MP_CAPABLE keys: "local" and/or "remote"
+        self.tokens: list[bytes] = []
+        self.pk_ops = 0
+
+
+class Subflow:
+    """One TCP flow as this host sees it. The hot path reads tx/rx and the sequence references only."""
+
+    __slots__ = (
+        "key", "state", "initiator", "policy", "conn", "index", "tx", "rx",
+        "isn_local", "isn_remote", "out_ref", "in_ref",
+        "held", "init_msg", "init_segment", "timer", "rto", "tries", "confirmed",
+        "client_key", "n_c", "pub_list", "pub_cipher", "sym_cipher",
+        "mptcp", "mptcp_keys", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
+        "bytes_out", "bytes_in", "segments_out", "segments_in", "resume_index", "plain_reason",
+    )
+
+    def __init__(self, key: FlowKey, initiator: bool, policy, now: float):
+        self.key = key
+        self.state: State | None = None
+        self.initiator = initiator
+        self.policy = policy
+        self.conn: Connection | None = None
+        self.index = 0
+        self.tx: DirectionCipher | None = None
+        self.rx: DirectionCipher | None = None
+        self.isn_local = self.isn_remote = None
+        self.out_ref = self.in_ref = 0
+        self.held: list[bytes] = []
+        self.init_msg = None  # INIT1 (client) or INIT2 (server) payload, for retransmission
+        self.init_segment = None
+        self.timer: float | None = None
+        self.rto = 0.0
+        self.tries = 0
+        self.confirmed = True  # server: False until a MAC'd segment proves the client has the keys
+        self.client_key = None
+        self.n_c = b""
+        self.pub_list = b""
+        self.pub_cipher = None
+        self.sym_cipher = None
+        self.mptcp = False
+        self.mptcp_keys: dict[str, bytes] = {}  # MP_CAPABLE keys seen in the SYN-ACK, before the session exists
+        self.join = False
+        self.addr_id = None
+        self.backup = False
+        self.fin_out = self.fin_in = False
+        self.closed_at: float | None = None
+        self.last_seen = now
+        self.bytes_out = self.bytes_in = self.segments_out = self.segments_in = 0
+        self.resume_index: int | None = None
+        self.plain_reason = ""
+
+    def set_keys(self, conn: Connection, index: int, sym_cipher) -> None:
+        self.conn = conn
+        self.index = index
+        ss = conn.session.chain.ss(index)
+        self.sym_cipher = sym_cipher
+        self.tx = DirectionCipher(sym_cipher, direction_secrets(ss, self.initiator))
+        self.rx = DirectionCipher(sym_cipher, direction_secrets(ss, not self.initiator))
+        if self not in conn.subflows:
+            conn.subflows.append(self)
+
+    def row(self) -> dict:
+        la, lp, ra, rp = self.key
+        return {
+            "local": f"{fmt_addr(la)}:{lp}", "remote": f"{fmt_addr(ra)}:{rp}",
+            "state": self.state.value if self.state else "new", "role": "initiator" if self.initiator else "responder",
+            "kind": "join" if self.join else ("mptcp" if self.mptcp else "tcp"), "index": self.index,
+            "addr_id": self.addr_id, "backup": self.backup,
+            "bytes_out": self.bytes_out, "bytes_in": self.bytes_in,
+        }

@@ -1,0 +1,99 @@
+"""The per-subflow state machine: one explicit transition table (h11 style).
+
+A subflow is one TCP connection as the kernel sees it: a plain TCP connection, the first subflow of an MPTCP
+connection, or an MP_JOIN subflow. `transition` raises IllegalTransition for anything not in the table.
+
+    initiator (sent the SYN)                       responder (received the SYN)
+    SYN_SENT_HELLO --PKCONF in SYN-ACK--> INIT1_SENT   HELLO_RCVD --SYN-ACK out--> PKCONF_SENT
+    INIT1_SENT --INIT2--> ENCRYPTING                   PKCONF_SENT --INIT1--> ENCRYPTING (INIT2 unconfirmed)
+    SYN_SENT_NEXTK1 --NEXTK2--> ENCRYPTING             NEXTK1_RCVD --SYN-ACK out (NEXTK2)--> ENCRYPTING
+    SYN_SENT_* --plain SYN-ACK--> PLAIN (or REFUSED under policy `required`)
+    any live state --FIN both ways / RST--> CLOSED (keys kept for `closed_linger` so late segments verify)
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from mptcrypt.errors import ProtocolError
+
+
+class State(Enum):
+    SYN_SENT_HELLO = "syn-sent(hello)"
+    SYN_SENT_NEXTK1 = "syn-sent(nextk1)"
+    INIT1_SENT = "init1-sent"
+    HELLO_RCVD = "hello-rcvd"
+    PKCONF_SENT = "pkconf-sent"
+    NEXTK1_RCVD = "nextk1-rcvd"
+    ENCRYPTING = "encrypting"
+    PLAIN = "plain"
+    REFUSED = "refused"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class Ev(Enum):
+    SEND_SYN_HELLO = "send SYN+HELLO"
+    SEND_SYN_NEXTK1 = "send SYN+NEXTK1"
+    RECV_SYN_HELLO = "recv SYN+HELLO"
+    RECV_SYN_NEXTK1 = "recv SYN+NEXTK1"
+    RECV_SYNACK_PKCONF = "recv SYN-ACK+PKCONF"
+    RECV_SYNACK_NEXTK2 = "recv SYN-ACK+NEXTK2"
+    RECV_SYNACK_PLAIN = "recv plain SYN-ACK"
+    SEND_SYNACK_PKCONF = "send SYN-ACK+PKCONF"
+    SEND_SYNACK_NEXTK2 = "send SYN-ACK+NEXTK2"
+    RECV_INIT1 = "recv INIT1"
+    RECV_INIT2 = "recv INIT2"
+    REFUSE = "refuse (policy required)"
+    GIVE_UP = "handshake retries exhausted"
+    CLOSE = "FIN both ways or RST"
+
+
+class IllegalTransition(ProtocolError):
+    pass
+
+
+S, E = State, Ev
+TRANSITIONS: dict[tuple[State | None, Ev], State] = {
+    (None, E.SEND_SYN_HELLO): S.SYN_SENT_HELLO,
+    (None, E.SEND_SYN_NEXTK1): S.SYN_SENT_NEXTK1,
+    (None, E.RECV_SYN_HELLO): S.HELLO_RCVD,
+    (None, E.RECV_SYN_NEXTK1): S.NEXTK1_RCVD,
+    (None, E.REFUSE): S.REFUSED,
+    (S.SYN_SENT_HELLO, E.SEND_SYN_HELLO): S.SYN_SENT_HELLO,  # kernel SYN retransmission
+    (S.SYN_SENT_NEXTK1, E.SEND_SYN_NEXTK1): S.SYN_SENT_NEXTK1,
+    (S.SYN_SENT_HELLO, E.RECV_SYNACK_PKCONF): S.INIT1_SENT,
+    (S.SYN_SENT_NEXTK1, E.RECV_SYNACK_PKCONF): S.INIT1_SENT,  # the peer lost our session: full handshake
+    (S.SYN_SENT_NEXTK1, E.RECV_SYNACK_NEXTK2): S.ENCRYPTING,
+    (S.SYN_SENT_HELLO, E.RECV_SYNACK_PLAIN): S.PLAIN,
+    (S.SYN_SENT_NEXTK1, E.RECV_SYNACK_PLAIN): S.PLAIN,
+    (S.SYN_SENT_HELLO, E.REFUSE): S.REFUSED,
+    (S.SYN_SENT_NEXTK1, E.REFUSE): S.REFUSED,
+    (S.INIT1_SENT, E.RECV_SYNACK_PKCONF): S.INIT1_SENT,  # SYN-ACK retransmission
+    (S.INIT1_SENT, E.RECV_INIT2): S.ENCRYPTING,
+    (S.INIT1_SENT, E.GIVE_UP): S.FAILED,
+    (S.HELLO_RCVD, E.RECV_SYN_HELLO): S.HELLO_RCVD,
+    (S.HELLO_RCVD, E.SEND_SYNACK_PKCONF): S.PKCONF_SENT,
+    (S.PKCONF_SENT, E.RECV_SYN_HELLO): S.PKCONF_SENT,
+    (S.PKCONF_SENT, E.SEND_SYNACK_PKCONF): S.PKCONF_SENT,
+    (S.PKCONF_SENT, E.RECV_INIT1): S.ENCRYPTING,
+    (S.NEXTK1_RCVD, E.RECV_SYN_NEXTK1): S.NEXTK1_RCVD,
+    (S.NEXTK1_RCVD, E.SEND_SYNACK_NEXTK2): S.ENCRYPTING,
+    (S.ENCRYPTING, E.SEND_SYNACK_NEXTK2): S.ENCRYPTING,  # SYN-ACK retransmission
+    (S.ENCRYPTING, E.SEND_SYNACK_PKCONF): S.ENCRYPTING,
+    (S.ENCRYPTING, E.RECV_INIT1): S.ENCRYPTING,  # duplicate INIT1: INIT2 is sent again
+    (S.ENCRYPTING, E.CLOSE): S.CLOSED,
+    (S.PLAIN, E.CLOSE): S.CLOSED,
+    (S.CLOSED, E.CLOSE): S.CLOSED,
+}
+LIVE = (S.SYN_SENT_HELLO, S.SYN_SENT_NEXTK1, S.INIT1_SENT, S.HELLO_RCVD, S.PKCONF_SENT, S.NEXTK1_RCVD)
+for _s in LIVE:
+    TRANSITIONS[(_s, E.CLOSE)] = S.CLOSED
+    TRANSITIONS[(_s, E.GIVE_UP)] = S.FAILED
+
+
+def transition(state: State | None, event: Ev) -> State:
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise IllegalTransition(f"{event.value} is not allowed in state {state.value if state else 'new'}") from None

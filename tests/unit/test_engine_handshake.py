@@ -1,0 +1,214 @@
+"""Two in-memory engines: the tcpcrypt handshake, protection, resumption and MPTCP joins, byte for byte."""
+
+import os
+
+from mptcrypt.constants import MAC_OPTION_LEN, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP
+from mptcrypt.core.config import Config, Policy
+from mptcrypt.core.events import Verdict
+from mptcrypt.core.state import State
+from mptcrypt.wire.tcp import ACK, FIN, PSH, RST, SYN, option_value, parse_options
+
+from pktkit import C2_ADDR, C_ADDR, S2_ADDR, S_ADDR, decode, dss, mpc, mpj_syn, mpj_synack, segment, syn_options, token
+from enginepair import EnginePair
+
+CISN, SISN = 1_000_000, 7_000_000
+CKEY, SKEY = b"ckey-mpt", b"skey-mpt"
+
+
+def handshake(pair, mptcp=False, sport=40000, cisn=CISN, sisn=SISN):
+    """Run SYN / SYN-ACK / third ACK through the pair; returns what the server kernel got for the third ACK."""
+    syn = segment(C_ADDR, sport, S_ADDR, 5000, cisn, 0, SYN, syn_options(mpc(4) if mptcp else None))
+    got = pair.send("c", syn)
+    assert len(got) == 1
+    _, h, _ = decode(got[0])
+    kinds = [o.kind for o in parse_options(h.options)]
+    assert TCPOPT_TIMESTAMP not in kinds and TCPOPT_SACK_PERM not in kinds and 253 not in kinds
+    synack_opts = [o for o in syn_options(mpc(12, SKEY) if mptcp else None, ts=False)]
+    synack = segment(S_ADDR, 5000, C_ADDR, sport, sisn, cisn + 1, SYN | ACK, synack_opts)
+    got = pair.send("s", synack)
+    assert len(got) == 1
+    third = segment(C_ADDR, sport, S_ADDR, 5000, cisn + 1, sisn + 1, ACK,
+                    [mpc(20, CKEY, SKEY)] if mptcp else [])
+    got = pair.send("c", third)
+    return third, got
+
+
+def test_handshake_delivers_third_ack_unchanged_and_sids_match():
+    pair = EnginePair()
+    third, got = handshake(pair)
+    assert got == [third]  # the server kernel sees exactly the client kernel's segment
+    c, s = pair.eng["c"], pair.eng["s"]
+    sid_c = c.session_id(("10.0.1.2", 40000), ("10.0.1.1", 5000))
+    sid_s = s.session_id(("10.0.1.1", 5000), ("10.0.1.2", 40000))
+    assert sid_c is not None and sid_c == sid_s and len(sid_c) == 32
+    assert c.stats()["pk_ops"] == 1 and s.stats()["pk_ops"] == 1
+    assert c.stats()["pk_handshakes"] == 1 and s.stats()["pk_handshakes"] == 1
+    # no kernel ever saw an INIT segment
+    assert all(b"MPTC" not in p for p in pair.rx["s"] + pair.rx["c"])
+
+
+def test_mss_clamped_on_both_sides():
+    pair = EnginePair()
+    syn = segment(C_ADDR, 40001, S_ADDR, 5000, CISN, 0, SYN, syn_options())
+    (got,) = pair.send("c", syn)
+    mss = [option_value(o) for o in parse_options(decode(got)[1].options) if o.kind == 2]
+    assert mss == [1460 - MAC_OPTION_LEN]
+    synack = segment(S_ADDR, 5000, C_ADDR, 40001, SISN, CISN + 1, SYN | ACK, syn_options(ts=False))
+    (got,) = pair.send("s", synack)
+    mss = [option_value(o) for o in parse_options(decode(got)[1].options) if o.kind == 2]
+    assert mss == [1460 - MAC_OPTION_LEN]
+
+
+def test_data_is_encrypted_on_the_wire_and_restored():
+    pair = EnginePair()
+    handshake(pair)
+    marker = b"PLAINTEXT-MARKER-" * 80
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], marker)
+    got = pair.send("c", data)
+    assert got == [data]
+    assert marker[:17] not in pair.wire[-1]
+    _, h, _ = decode(pair.wire[-1])
+    assert h.options[-MAC_OPTION_LEN:][:4] == bytes.fromhex("fd0c4d50")
+    # retransmission: same ciphertext on the wire
+    got = pair.send("c", data)
+    assert got == [data] and pair.wire[-1] == pair.wire[-2]
+    # the other direction
+    reply = segment(S_ADDR, 5000, C_ADDR, 40000, SISN + 1, CISN + 1 + len(marker), ACK | PSH, [], b"reply" * 100)
+    assert pair.send("s", reply) == [reply]
+    # pure ACK and FIN are protected too
+    fin = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1 + len(marker), SISN + 501, ACK | FIN)
+    assert pair.send("c", fin) == [fin]
+    assert len(decode(pair.wire[-1])[1].options) == MAC_OPTION_LEN
+
+
+def test_resegmented_retransmission_decrypts():
+    pair = EnginePair()
+    handshake(pair)
+    payload = os.urandom(3000)
+    a = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK, [], payload[:1000])
+    b = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1001, SISN + 1, ACK, [], payload[1000:3000])
+    whole = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK, [], payload)
+    mid = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 501, SISN + 1, ACK, [], payload[500:2500])
+    for pkt in (b, a, whole, mid, a):  # reordered, duplicated, re-segmented
+        assert pair.send("c", pkt) == [pkt]
+
+
+def test_forged_and_tampered_segments_are_dropped():
+    pair = EnginePair()
+    handshake(pair)
+    s = pair.eng["s"]
+    rst = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, RST | ACK)
+    assert pair.inject("s", rst) is Verdict.DROP
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"x" * 100)
+    pair.send("c", data)
+    wire = bytearray(pair.wire[-1])
+    wire[-1] ^= 1  # flip one ciphertext bit (and leave the checksum wrong: the MAC catches it first)
+    assert pair.inject("s", bytes(wire)) is Verdict.DROP
+    assert s.stats()["mac_failures"] == 1
+    assert s.stats()["unauthenticated_dropped"] >= 1
+
+
+def test_resumption_uses_no_public_key_operation():
+    pair = EnginePair()
+    handshake(pair)
+    sid0 = pair.eng["c"].session_id(("10.0.1.2", 40000), ("10.0.1.1", 5000))
+    third, got = handshake(pair, sport=40002, cisn=5, sisn=9)
+    assert got == [third]
+    c, s = pair.eng["c"], pair.eng["s"]
+    assert c.stats()["pk_ops"] == 1 and s.stats()["pk_ops"] == 1
+    assert c.stats()["resumptions"] == 1 and s.stats()["resumptions"] == 1
+    sid1 = c.session_id(("10.0.1.2", 40002), ("10.0.1.1", 5000))
+    assert sid1 == s.session_id(("10.0.1.1", 5000), ("10.0.1.2", 40002)) and sid1 != sid0
+    data = segment(C_ADDR, 40002, S_ADDR, 5000, 6, 10, ACK | PSH, [], b"resumed data")
+    assert pair.send("c", data) == [data]
+
+
+def test_peer_without_mptcrypt_gets_plain_tcp():
+    pair = EnginePair(server=Config(policy=Policy.OFF))
+    syn = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options())
+    (got,) = pair.send("c", syn)
+    synack = segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK, syn_options())
+    assert pair.send("s", synack) == [synack]
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"plain")
+    assert pair.send("c", data) == [data]
+    row = pair.eng["c"].sessions()[0]
+    assert row["protected"] is False and row["state"] == "plain"
+
+
+def test_required_policy_refuses_plain_peer():
+    pair = EnginePair(client=Config(policy=Policy.REQUIRED), server=Config(policy=Policy.OFF))
+    syn = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options())
+    pair.send("c", syn)
+    synack = segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK, syn_options())
+    (got,) = pair.send("s", synack)
+    assert decode(got)[1].flags & RST  # the client kernel sees a refusal, never a plain connection
+    assert pair.eng["c"].stats()["refused_policy"] == 1
+
+
+def test_lost_init_is_retransmitted_and_held_data_released():
+    pair = EnginePair()
+    syn = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options())
+    pair.send("c", syn)
+    synack = segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK, syn_options(ts=False))
+    lost = []
+    pair.tap = lambda p: (lost.append(p), None)[1] if b"MPTC" in p and not lost else p  # lose the first INIT1
+    pair.send("s", synack)
+    assert len(lost) == 1
+    assert pair.eng["c"].flow_state(("10.0.1.2", 40000), ("10.0.1.1", 5000)) is State.INIT1_SENT
+    third = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK)
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"early data")
+    assert pair.send("c", third) == [] and pair.send("c", data) == []  # held, nothing leaks
+    assert all(b"early data" not in p for p in pair.wire)
+    pair.tick(0.25)  # INIT1 retransmitted -> INIT2 -> held segments released protected
+    assert pair.rx["s"][-2:] == [third, data]
+    assert pair.eng["c"].stats()["init_retransmits"] == 1
+
+
+def mptcp_pair():
+    pair = EnginePair()
+    handshake(pair, mptcp=True)
+    return pair
+
+
+def join_syn(nonce=b"NNNN", src=C2_ADDR, sport=41000, isn=333, tok=None):
+    return segment(src, sport, S2_ADDR, 5000, isn, 0, SYN,
+                   syn_options(mpj_syn(tok or token(SKEY), nonce)))
+
+
+def test_mptcp_join_is_keyed_without_public_key_operations():
+    pair = mptcp_pair()
+    c, s = pair.eng["c"], pair.eng["s"]
+    (got,) = pair.send("c", join_syn())
+    _, h, _ = decode(got)
+    assert 253 not in [o.kind for o in parse_options(h.options)]
+    synack = segment(S2_ADDR, 5000, C2_ADDR, 41000, 444, 334, SYN | ACK,
+                     syn_options(mpj_synack(b"h" * 8, b"RRRR"), ts=False))
+    (got,) = pair.send("s", synack)
+    ack = segment(C2_ADDR, 41000, S2_ADDR, 5000, 334, 445, ACK, [dss(1, 2, 1, 10)], b"0123456789")
+    assert pair.send("c", ack) == [ack]
+    assert b"0123456789" not in pair.wire[-1]
+    for e in (c, s):
+        st = e.stats()
+        assert st["pk_ops"] == 1 and st["joins_protected"] == 1 and st["joins_zero_pk"] == 1
+    sid_c = c.session_id(("10.0.2.2", 41000), ("10.0.2.1", 5000))
+    assert sid_c == c.session_id(("10.0.1.2", 40000), ("10.0.1.1", 5000))
+    (row,) = [r for r in c.sessions() if r["mptcp"]]
+    assert len(row["subflows"]) == 2 and row["subflows"][1]["index"] == 1
+
+
+def test_forged_join_without_nextk1_is_refused():
+    pair = mptcp_pair()
+    s = pair.eng["s"]
+    forged = join_syn(src=bytes([10, 0, 1, 66]), sport=42000)
+    assert pair.inject("s", forged) is Verdict.DROP
+    assert s.stats()["joins_refused"] == 1
+
+
+def test_replayed_nextk1_from_another_address_is_refused():
+    pair = mptcp_pair()
+    pair.send("c", join_syn())
+    real = pair.wire[-1]
+    # the attacker copies the real SYN's options (NEXTK1 included) into a SYN from its own address
+    _, h, _ = decode(real)
+    replay = segment(bytes([10, 0, 2, 66]), 41000, S2_ADDR, 5000, 333, 0, SYN, parse_options(h.options))
+    assert pair.inject("s", replay) is Verdict.DROP
