@@ -21,6 +21,7 @@ DEFAULT_TTL = 64
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _V6 = struct.Struct("!IHBB16s16s")
+_LEN_CSUM = struct.Struct("!H")
 
 
 @dataclass(slots=True)
@@ -65,13 +66,14 @@ def rebuild_ip_header(header: bytes, transport_len: int) -> bytes:
     """`header` (as received) with its length fields set for `transport_len` bytes after it and, for
     IPv4, a fresh header checksum."""
     if header[0] >> 4 == 4:
-        ihl = len(header)
-        h = bytearray(header)
-        struct.pack_into("!H", h, 2, ihl + transport_len)
-        h[10:12] = b"\0\0"
-        struct.pack_into("!H", h, 10, ipv4_header_checksum(h))
-        return bytes(h)
-    return header[:4] + struct.pack("!H", transport_len) + header[6:]
+        old_len, old_csum = _LEN_CSUM.unpack_from(header, 2)[0], _LEN_CSUM.unpack_from(header, 10)[0]
+        new_len = len(header) + transport_len
+        # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), only the total length changed
+        total = (~old_csum & 0xFFFF) + (~old_len & 0xFFFF) + new_len
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        return header[:2] + _LEN_CSUM.pack(new_len) + header[4:10] + _LEN_CSUM.pack(~total & 0xFFFF) + header[12:]
+    return header[:4] + _LEN_CSUM.pack(transport_len) + header[6:]
 
 
 def build_ip_header(src: bytes, dst: bytes, transport_len: int, ttl: int = DEFAULT_TTL, ident: int = 0) -> bytes:

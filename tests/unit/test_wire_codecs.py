@@ -153,3 +153,13 @@ def test_unknown_message_raises():
         m.parse_message(b"\x4d\x50\x09")
     with pytest.raises(DecodeError):
         m.parse_message(b"\x12\x34\x01\x01")
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4), st.integers(0, 1400),
+       st.integers(0, 65000), st.integers(1, 255), st.integers(0, 0xFFFF))
+def test_ipv4_length_rewrite_keeps_a_valid_header_checksum(src, dst, before, after, ttl, ident):
+    from mptcrypt.wire.checksum import ones_sum
+
+    header = rebuild_ip_header(build_ip_header(src, dst, before, ttl=ttl, ident=ident), after)
+    assert parse_ip(header + b"\0" * after).total_len == 20 + after
+    assert ones_sum(header) == 0  # a valid header sums to 0xFFFF, i.e. 0 modulo 0xFFFF
