@@ -1,0 +1,210 @@
+"""The daemon's iptables rules: its own chains, installed on start and removed on exit.
+
+Everything happens in the CURRENT network namespace (run the daemon with `ip netns exec NS ...` to act on another
+one). Two chains in the `filter` table, each jumped to from position 1 of its hook chain:
+
+    OUTPUT -> MPTC-OUT                       INPUT -> MPTC-IN
+      -m mark --mark INJECT_MARK -j RETURN     -m mark --mark INJECT_MARK -j RETURN
+      -o lo -j RETURN                          -i lo -j RETURN
+      -p tcp [-m multiport --ports P] -j NFQUEUE --queue-num N [--queue-bypass]
+
+* The mark rule lets segments the daemon made itself (raw socket with SO_MARK = INJECT_MARK) pass without being
+  queued to it a second time.
+* Loopback is NOT protected. Its MTU is 64 KiB and netfilterqueue copies at most 4016 bytes of a packet to user
+  space, so the daemon could not see (let alone rewrite) whole loopback segments. Traffic between two addresses of
+  the same host travels over `lo` and is left alone; it never leaves the machine.
+* Fail-closed by default: without `--queue-bypass` the kernel drops what it would queue while no process listens
+  on the queue (daemon crashed, or not started yet), so nothing leaks in plain text. `fail_open` adds
+  `--queue-bypass`: traffic then flows unprotected while the daemon is gone.
+* Only locally generated and locally delivered packets are seen (OUTPUT/INPUT), never forwarded ones.
+
+Rules go in atomically with `iptables-restore --noflush` (all of them or none), the same for ip6tables when it is
+installed. Removal deletes the jumps, flushes and deletes the two chains; it is idempotent. Chains found at start
+(a daemon killed with -9 leaves them behind) are stale, since the control socket already proved no other daemon runs
+in this namespace: they are replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from mptcrypt.constants import CHAIN_IN, CHAIN_OUT, INJECT_MARK
+from mptcrypt.errors import KernelFeatureError, MptcryptError
+
+log = logging.getLogger("mptcrypt.iptables")
+
+# Hook chain -> our chain, and the interface flag matching loopback in that direction.
+HOOKS = (("OUTPUT", CHAIN_OUT, "-o"), ("INPUT", CHAIN_IN, "-i"))
+MULTIPORT_MAX = 15  # iptables multiport: at most 15 ports per rule, a range counts as two
+COMMAND_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # "IPv4" / "IPv6"
+    save: str
+    restore: str
+
+
+IPV4 = Family("IPv4", "iptables-save", "iptables-restore")
+IPV6 = Family("IPv6", "ip6tables-save", "ip6tables-restore")
+
+
+def multiport_specs(ports: tuple[tuple[int, int], ...]) -> list[str]:
+    """((80, 80), (5000, 5100)) -> ['80,5000:5100']; () -> [] (every port). Split at 15 slots per rule."""
+    specs: list[str] = []
+    items: list[str] = []
+    slots = 0
+    for lo, hi in ports:
+        item, cost = (str(lo), 1) if lo == hi else (f"{lo}:{hi}", 2)
+        if slots + cost > MULTIPORT_MAX:
+            specs.append(",".join(items))
+            items, slots = [], 0
+        items.append(item)
+        slots += cost
+    if items:
+        specs.append(",".join(items))
+    return specs
+
+
+def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False) -> list[str]:
+    """The `-A`/`-I` lines (iptables-restore syntax) of the daemon's chains and their jumps, in order."""
+    target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
+    specs = multiport_specs(ports)
+    lines: list[str] = []
+    for _hook, chain, lo_flag in HOOKS:
+        lines.append(f"-A {chain} -m mark --mark {INJECT_MARK:#x} -j RETURN")
+        lines.append(f"-A {chain} {lo_flag} lo -j RETURN")
+        if specs:
+            lines.extend(f"-A {chain} -p tcp -m multiport --ports {spec} {target}" for spec in specs)
+        else:
+            lines.append(f"-A {chain} -p tcp {target}")
+    lines.extend(f"-I {hook} 1 -j {chain}" for hook, chain, _ in HOOKS)
+    return lines
+
+
+def install_script(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False) -> str:
+    """iptables-restore --noflush input creating both chains (empty) and their rules, in one transaction."""
+    head = ["*filter"] + [f":{chain} - [0:0]" for _hook, chain, _ in HOOKS]
+    return "\n".join(head + rule_lines(queue_num, ports, fail_open) + ["COMMIT", ""])
+
+
+def chains_present(save_output: str) -> set[str]:
+    """Which of our chains an `iptables-save -t filter` dump declares."""
+    ours = {chain for _hook, chain, _ in HOOKS}
+    return {line[1:].split()[0] for line in save_output.splitlines() if line.startswith(":")} & ours
+
+
+def removal_script(save_output: str) -> str | None:
+    """iptables-restore --noflush input deleting every jump to our chains, then the chains. None: nothing to do."""
+    present = chains_present(save_output)
+    if not present:
+        return None
+    lines = ["*filter"]
+    for line in save_output.splitlines():
+        parts = line.split()
+        # e.g. "-A OUTPUT -j MPTC-OUT" (possibly with counters or extra matches a user added: delete as saved)
+        if len(parts) >= 3 and parts[0] == "-A" and parts[1] not in present and _jumps_to(parts, present):
+            lines.append("-D" + line[2:])
+    lines += [f"-F {chain}" for chain in sorted(present)]
+    lines += [f"-X {chain}" for chain in sorted(present)]
+    return "\n".join(lines + ["COMMIT", ""])
+
+
+def _jumps_to(parts: list[str], chains: set[str]) -> bool:
+    for i, word in enumerate(parts[:-1]):
+        if word in ("-j", "-g", "--jump", "--goto") and parts[i + 1] in chains:
+            return True
+    return False
+
+
+class Rules:
+    """The daemon's rules in this network namespace for IPv4 and, when ip6tables exists, IPv6."""
+
+    def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False):
+        self.queue_num = queue_num
+        self.ports = ports
+        self.fail_open = fail_open
+        self.families = self._families()
+        self.installed: list[Family] = []
+
+    @staticmethod
+    def _families() -> list[Family]:
+        if not (shutil.which(IPV4.save) and shutil.which(IPV4.restore)):
+            raise KernelFeatureError(
+                "iptables is not installed (iptables-save / iptables-restore not found on PATH): "
+                "install the iptables package (e.g. `apt install iptables`)"
+            )
+        families = [IPV4]
+        if shutil.which(IPV6.save) and shutil.which(IPV6.restore) and os.path.exists("/proc/sys/net/ipv6"):
+            families.append(IPV6)
+        else:
+            log.warning("ip6tables or kernel IPv6 support missing: IPv6 traffic is not intercepted")
+        return families
+
+    def install(self) -> None:
+        """Replace stale chains if any, then add ours atomically per family. On failure nothing of ours is left."""
+        script = install_script(self.queue_num, self.ports, self.fail_open)
+        try:
+            for fam in self.families:
+                save = _run([fam.save, "-t", "filter"], fam)
+                stale = removal_script(save)
+                if stale is not None:
+                    log.warning(
+                        "replacing stale %s chains %s left by a daemon that did not exit cleanly",
+                        fam.name,
+                        ", ".join(sorted(chains_present(save))),
+                    )
+                    _run([fam.restore, "-w", "--noflush"], fam, stale)
+                _run([fam.restore, "-w", "--noflush"], fam, script)
+                self.installed.append(fam)
+        except BaseException:
+            try:
+                self.remove()
+            except MptcryptError as exc:  # report the install failure, not this one
+                log.error("could not remove partly installed rules: %s", exc)
+            raise
+
+    def remove(self) -> None:
+        """Delete the jumps and the chains in every family. Idempotent; tries every family even if one fails.
+        `installed` is emptied only when every family is clean."""
+        errors = []
+        for fam in self.families:
+            try:
+                script = removal_script(_run([fam.save, "-t", "filter"], fam))
+                if script is not None:
+                    _run([fam.restore, "-w", "--noflush"], fam, script)
+            except MptcryptError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        self.installed.clear()
+
+    def present(self) -> dict[str, set[str]]:
+        """Family name -> which of our chains exist now (for tests and diagnostics)."""
+        return {fam.name: chains_present(_run([fam.save, "-t", "filter"], fam)) for fam in self.families}
+
+
+def _run(argv: list[str], fam: Family, stdin: str | None = None) -> str:
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    except FileNotFoundError:
+        raise KernelFeatureError(f"{argv[0]} not found: install the iptables package") from None
+    except subprocess.TimeoutExpired:
+        raise MptcryptError(f"{argv[0]} did not finish within {COMMAND_TIMEOUT:.0f} s (xtables lock held?)") from None
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip()
+        low = err.lower()
+        if "nfqueue" in low or "no chain/target/match" in low or "couldn't load target" in low:
+            raise KernelFeatureError(
+                f"the kernel has no NFQUEUE target for {fam.name} ({argv[0]}: {err}); load it with "
+                "`modprobe xt_NFQUEUE nfnetlink_queue` or use a kernel with CONFIG_NETFILTER_XT_TARGET_NFQUEUE"
+            )
+        if "permission denied" in low or "operation not permitted" in low:
+            raise MptcryptError(f"{argv[0]} was refused ({err}): the daemon needs root (CAP_NET_ADMIN)")
+        raise MptcryptError(f"{argv[0]} failed (exit {proc.returncode}): {err}")
+    return proc.stdout

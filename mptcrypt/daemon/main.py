@@ -1,0 +1,325 @@
+"""The daemon: start-up order, the one select loop, clean shutdown; and helpers to run one in a namespace.
+
+Start-up, each step only once the previous one worked::
+
+    root check -> control socket (a second daemon stops here) -> engine -> raw socket -> NFQUEUE bound
+    -> iptables rules LAST (no packet is queued before someone listens) -> "mptcrypt daemon ready (...)"
+
+Shutdown (SIGTERM, SIGINT, SIGHUP, or an exception): rules removed FIRST, so nothing new is queued to a process about to
+go; the packets already queued are handled; then the queue is unbound, the sockets closed. The rules are removed in
+a `finally`, so also on a crash. After `kill -9` they stay: fail-closed, traffic on the intercepted ports stops
+until a daemon starts again (it replaces the stale chains) or they are removed by hand.
+
+Tests and scripts start and stop daemons in a namespace with `spawn_in_netns(ns, *args)` and `stop(proc)`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from mptcrypt import __version__
+from mptcrypt.constants import CONTROL_SOCKET
+from mptcrypt.core.config import Config
+from mptcrypt.daemon.control import ControlServer
+from mptcrypt.daemon.iptables import Rules
+from mptcrypt.daemon.nfqueue import QueueWorker
+from mptcrypt.daemon.rawsock import RawSocket
+from mptcrypt.errors import ConfigError, MptcryptError, NotRootError
+
+log = logging.getLogger("mptcrypt.daemon")
+
+ENGINE_ENV = "MPTCRYPT_ENGINE"  # hidden switch for edge tests: "passthrough" accepts everything and counts
+READY_MARKER = "mptcrypt daemon ready"
+# Clean stop on each; SIGHUP too, so that closing the daemon's terminal does not leave fail-closed rules behind.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+LOOP_CAP = 1.0  # longest sleep of the loop (seconds)
+CONTROL_TICK = 5.0  # how often idle control connections are reaped
+VERBOSE_STATS_EVERY = 10.0  # with -v: a counters line this often, when they changed
+
+
+def format_ports(ports: tuple[tuple[int, int], ...]) -> str:
+    """((80, 80), (5000, 5100)) -> '80,5000-5100'; () -> 'all' (the syntax `--ports` takes)."""
+    if not ports:
+        return "all"
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ports)
+
+
+def make_engine(config: Config):
+    """The protocol engine; MPTCRYPT_ENGINE=passthrough selects the counting stand-in (edge tests only)."""
+    choice = os.environ.get(ENGINE_ENV, "")
+    if choice == "passthrough":
+        from mptcrypt.daemon.passthrough import PassthroughEngine
+
+        log.warning("%s=passthrough: packets are counted, NOT protected", ENGINE_ENV)
+        return PassthroughEngine(config)
+    if choice not in ("", "core"):
+        raise ConfigError(f"unknown {ENGINE_ENV}={choice!r} (leave it unset, or 'passthrough' for edge tests)")
+    try:
+        from mptcrypt.core.engine import Engine
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("mptcrypt.core.engine",):
+            raise
+        raise MptcryptError("this mptcrypt build has no protocol engine (mptcrypt.core.engine is missing)") from None
+    return Engine(config)
+
+
+def _addr(value, what: str) -> tuple[str, int]:
+    """["10.0.0.1", 80] -> ("10.0.0.1", 80), with IPv4-mapped IPv6 addresses written as IPv4."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f'"{what}" must be [address, port]')
+    host, port = value
+    try:
+        ip = ipaddress.ip_address(str(host).split("%", 1)[0])
+        port = int(port)
+    except ValueError:
+        raise ConfigError(f'"{what}": bad address or port {value!r}') from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not 0 <= port <= 65535:
+        raise ConfigError(f'"{what}": port {port} out of range')
+    return str(ip), port
+
+
+class Daemon:
+    """One daemon in the current network namespace. `run()` blocks until SIGTERM/SIGINT or `request_stop()`."""
+
+    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False):
+        self.config = config
+        self.engine = engine
+        self.control_name = control_name
+        self.verbose = verbose
+        self.started = time.monotonic()
+        self.stop_reason: str | None = None
+        self.worker: QueueWorker | None = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        self.stop_reason = reason
+
+    # --- control requests ------------------------------------------------------------------------------------
+    def handle_request(self, request: dict) -> dict:
+        cmd = request["cmd"]
+        engine = self.engine
+        if cmd == "status":
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "uptime": round(time.monotonic() - self.started, 3),
+                "queue": self.config.queue_num,
+                "ports": format_ports(self.config.ports),
+                "policy": self.config.policy.value,
+                "fail_open": self.config.fail_open,
+                "engine": getattr(engine, "name", type(engine).__name__),
+                "version": __version__,
+            }
+        if cmd == "sessions":
+            return {"ok": True, "sessions": engine.sessions()}
+        if cmd == "stats":
+            edge = self.worker.stats() if self.worker is not None else {}
+            return {"ok": True, "stats": engine.stats(), "edge": edge}
+        if cmd == "sid":
+            sid = engine.session_id(_addr(request.get("local"), "local"), _addr(request.get("remote"), "remote"))
+            return {"ok": True, "sid": sid.hex() if sid else None}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, sid)"}
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        config = self.config
+        control = ControlServer(self.handle_request, self.control_name)
+        control.bind()  # first: a second daemon in this namespace fails here, before touching anything
+        selector = selectors.DefaultSelector()
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_handlers: dict[int, object] = {}
+        old_wakeup = None
+        raw = worker = rules = None
+        try:
+            for signum in STOP_SIGNALS:
+                old_handlers[signum] = signal.signal(signum, self._on_signal)
+            old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+            if self.engine is None:
+                self.engine = make_engine(config)
+            raw = RawSocket()
+            worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
+            worker.bind()
+            rules = Rules(config.queue_num, config.ports, config.fail_open)
+            rules.install()  # last: from here on packets are queued, and we are listening
+            control.attach(selector)
+            selector.register(worker.fileno(), selectors.EVENT_READ, lambda _mask: worker.read())
+            selector.register(wake_r, selectors.EVENT_READ, lambda _mask: _drain(wake_r))
+            log.info(
+                "%s (queue %d, ports %s, policy %s, %s)",
+                READY_MARKER,
+                config.queue_num,
+                format_ports(config.ports),
+                config.policy.value,
+                "fail-open" if config.fail_open else "fail-closed",
+            )
+            worker.tick()
+            self._loop(selector, worker, control)
+            log.info("stopping (%s)", self.stop_reason)
+        finally:
+            self._shutdown(rules, worker, raw, control, selector)
+            if old_wakeup is not None:
+                signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
+            wake_r.close()
+            wake_w.close()
+        log.info("mptcrypt daemon stopped")
+        return 0
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self.stop_reason = signal.Signals(signum).name
+
+    def _loop(self, selector: selectors.BaseSelector, worker: QueueWorker, control: ControlServer) -> None:
+        next_control_tick = time.monotonic() + CONTROL_TICK
+        next_stats = time.monotonic() + VERBOSE_STATS_EVERY
+        last_counters: dict = {}
+        while self.stop_reason is None:
+            for key, mask in selector.select(worker.timeout(LOOP_CAP)):
+                key.data(mask)
+            worker.tick()
+            now = time.monotonic()
+            if now >= next_control_tick:
+                control.tick(now)
+                next_control_tick = now + CONTROL_TICK
+            if self.verbose and now >= next_stats:
+                next_stats = now + VERBOSE_STATS_EVERY
+                counters = worker.stats()
+                if counters != last_counters:
+                    last_counters = counters
+                    log.debug("counters: %s", " ".join(f"{k}={v}" for k, v in last_counters.items() if v))
+
+    def _shutdown(self, rules, worker, raw, control, selector) -> None:
+        if rules is not None:
+            try:
+                rules.remove()
+            except Exception as exc:
+                log.error(
+                    "could not remove the iptables rules (%s); remove them by hand: iptables -D OUTPUT -j MPTC-OUT; "
+                    "iptables -D INPUT -j MPTC-IN; iptables -F MPTC-OUT; iptables -F MPTC-IN; iptables -X MPTC-OUT; "
+                    "iptables -X MPTC-IN (and the same with ip6tables)",
+                    exc,
+                )
+        if worker is not None:
+            if rules is not None and not rules.installed:
+                try:  # give what was queued before the rules went away its verdict
+                    worker.read(0)
+                    worker.tick()
+                except Exception as exc:
+                    log.warning("while draining the queue at shutdown: %s", exc)
+            worker.unbind()
+        if raw is not None:
+            raw.close()
+        control.close()
+        selector.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(64):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log lines to stderr, unless the application already configured logging."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s mptcrypt[%(process)d] %(levelname)s %(message)s"))
+        root.addHandler(handler)
+    logging.getLogger("mptcrypt").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def run_daemon(config: Config, verbose: bool = False) -> int:
+    """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0."""
+    if os.geteuid() != 0:
+        raise NotRootError(
+            "the daemon needs root (CAP_NET_ADMIN for iptables and NFQUEUE, CAP_NET_RAW for its raw socket): "
+            "run `sudo mptcrypt daemon`, or `sudo ip netns exec NS mptcrypt daemon` for a namespace"
+        )
+    setup_logging(verbose)
+    return Daemon(config, verbose=verbose).run()
+
+
+# --- for tests and scripts: a daemon in a network namespace ------------------------------------------------------
+
+
+def spawn_in_netns(
+    ns: str | None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    log_path: str | None = None,
+) -> subprocess.Popen:
+    """Start `mptcrypt daemon ARGS` in namespace `ns` (None: this one) and wait until it is ready.
+
+    Its output goes to a log file, `proc.log_path` (read it with `daemon_log(proc)`). Raises MptcryptError with the
+    log if the daemon exits or is not ready within `timeout` seconds (then it is killed). `ip netns exec` execs the
+    daemon in place, so `proc.pid` is the daemon's pid. Stop it with `stop(proc)`.
+    """
+    own_log = log_path is None
+    if own_log:
+        fd, log_path = tempfile.mkstemp(prefix=f"mptcrypt-daemon-{ns or 'here'}-", suffix=".log")
+        os.close(fd)
+    argv = [sys.executable, "-m", "mptcrypt", "daemon", *args]
+    if ns is not None:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    full_env = dict(os.environ, **(env or {}))
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while True:
+        if READY_MARKER in daemon_log(proc):
+            return proc
+        failed = None
+        if proc.poll() is not None:
+            failed = f"exited with {proc.returncode}"
+        elif time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            failed = f"was not ready in {timeout:g} s"
+        if failed:
+            output = daemon_log(proc)
+            if own_log:
+                os.unlink(log_path)
+            raise MptcryptError(f"the daemon in {ns or 'this namespace'} {failed}:\n{output}")
+        time.sleep(0.02)
+
+
+def daemon_log(proc: subprocess.Popen) -> str:
+    try:
+        with open(proc.log_path, errors="replace") as fh:  # type: ignore[attr-defined]
+            return fh.read()
+    except FileNotFoundError:
+        return ""
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0, remove_log: bool = False) -> int:
+    """SIGTERM the daemon and wait (SIGKILL after `timeout` s). Returns its exit status (0 = clean stop)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if remove_log:
+        try:
+            os.unlink(proc.log_path)  # type: ignore[attr-defined]
+        except (FileNotFoundError, AttributeError):
+            pass
+    return proc.returncode
