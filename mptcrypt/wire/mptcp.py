@@ -369,8 +369,10 @@ class MptcpOption:
                 flags |= MPTCP_DSS_DSN64
             if csum is not None:
                 present |= _CSUM
+        mapped = data_seq is not None
         return cls(Subtype.DSS, present, flags=flags, data_ack=data_ack or 0, data_seq=data_seq or 0,
-                   subflow_seq=subflow_seq, data_len=data_len, csum=csum or 0)
+                   subflow_seq=subflow_seq if mapped else 0, data_len=data_len if mapped else 0,
+                   csum=(csum or 0) if mapped else 0)
 
     @classmethod
     def add_addr(cls, addr_id: int, addr, port: int | None = None, ahmac: bytes | None = None) -> MptcpOption:

@@ -51,6 +51,7 @@ from mptcrypt.wire.mptcp import (
     mptcp_token,
     parse_mptcp,
 )
+from mptcrypt.wire.option_budget import linux_options_len
 
 pytestmark = pytest.mark.root
 
@@ -169,9 +170,9 @@ CLIENT = textwrap.dedent("""
 
 def _run_capture(tmp_path, v6: bool, timestamps: bool) -> list[str]:
     """Build the topology, run one transfer, return the pcap files (one per link)."""
-    addrs = _setup(v6, timestamps)
     pcaps, dumps = [], []
     try:
+        addrs = _setup(v6, timestamps)
         for i in (1, 2):
             pcap = str(tmp_path / f"link{i}{'-v6' if v6 else ''}{'-ts' if timestamps else ''}.pcap")
             p = subprocess.Popen(["ip", "netns", "exec", NS_A, "tcpdump", "-i", f"{NS_A}{i}", "-U", "-s", "256",
@@ -224,6 +225,9 @@ class Seg:
     flags: int
     payload_len: int
     mptcp: list[bytes] = field(default_factory=list)  # whole MPTCP options, in order
+    optlen: int = 0  # all TCP option bytes
+    kinds: list[int] = field(default_factory=list)  # TCP option kinds, in order (NOPs included)
+    sack_blocks: int = 0
 
     @property
     def syn(self):
@@ -238,10 +242,12 @@ class Seg:
         return bool(self.flags & 0x04)
 
 
-def _tcp_options_mptcp(raw: bytes) -> list[bytes]:
-    out, i = [], 0
+def _tcp_options(raw: bytes) -> tuple[list[bytes], list[int], int]:
+    """(MPTCP options, all option kinds, SACK blocks) of a TCP option area."""
+    out, kinds, sack, i = [], [], 0, 0
     while i < len(raw):
         kind = raw[i]
+        kinds.append(kind)
         if kind == 0:
             break
         if kind == 1:
@@ -251,8 +257,10 @@ def _tcp_options_mptcp(raw: bytes) -> list[bytes]:
         assert n >= 2 and i + n <= len(raw), f"bad TCP option framing {raw.hex()}"
         if kind == 30:
             out.append(raw[i:i + n])
+        elif kind == 5:
+            sack = (n - 2) // 8
         i += n
-    return out
+    return out, kinds, sack
 
 
 def read_pcap(path: str) -> list[Seg]:
@@ -288,8 +296,8 @@ def read_pcap(path: str) -> list[Seg]:
         sport, dport = struct.unpack_from("!HH", tcp, 0)
         doff = (tcp[12] >> 4) * 4
         assert len(tcp) >= doff, "snaplen too short for the TCP header"
-        segs.append(Seg(frame, path, src, dst, sport, dport, tcp[13], l4len - doff,
-                        _tcp_options_mptcp(tcp[20:doff])))
+        mptcp, kinds, sack = _tcp_options(tcp[20:doff])
+        segs.append(Seg(frame, path, src, dst, sport, dport, tcp[13], l4len - doff, mptcp, doff - 20, kinds, sack))
     return segs
 
 
@@ -476,6 +484,26 @@ def test_every_option_parses_reencodes_and_matches_tshark(v4_capture):
     assert count > 50
 
 
+def check_budget_accounting(capture) -> int:
+    """Every captured segment's option length is what mptcrypt.wire.option_budget computes for its options."""
+    checked = 0
+    for segs, _ in capture:
+        for seg in segs:
+            if not seg.mptcp:
+                continue
+            expected = linux_options_len([len(o) for o in seg.mptcp], syn=seg.syn, ts=8 in seg.kinds,
+                                         sack_perm=4 in seg.kinds, sack_blocks=seg.sack_blocks)
+            assert seg.optlen == expected, f"{seg.pcap}#{seg.frame}: {seg.optlen} option bytes, budget says " \
+                f"{expected} (kinds {seg.kinds})"
+            assert seg.optlen <= 40
+            checked += 1
+    return checked
+
+
+def test_option_budget_accounting_matches_kernel_segments(v4_capture):
+    assert check_budget_accounting(v4_capture) > 50
+
+
 def _keys(capture):
     """(client key, server key) from the MP_CAPABLE exchange."""
     synack = ack = None
@@ -557,6 +585,7 @@ def test_add_addr_v6_with_port_needs_timestamps_off(tmp_path, timestamps):
     _need_root()
     pcaps = _run_capture(tmp_path, v6=True, timestamps=timestamps)
     capture = [(read_pcap(pc), tshark_mptcp(pc)) for pc in pcaps]
+    assert check_budget_accounting(capture) > 10
     key_c, key_s = _keys(capture)
     lengths = []
     for seg, raw, t in _all_options(capture):

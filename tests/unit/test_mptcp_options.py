@@ -431,3 +431,15 @@ def test_helpers_reject_bad_lengths():
         mptcp_token(b"short")
     with pytest.raises(ValueError):
         join_hmac(KC, KS, b"\x00" * 3, 0)
+
+
+def test_constructors_round_trip():
+    for o in (MptcpOption.mpc_syn(), MptcpOption.mpc_synack(KS), MptcpOption.mpc_ack(KC, KS),
+              MptcpOption.mpc_ack(KC, KS, 100), MptcpOption.mpc_ack(KC, KS, 100, 7),
+              MptcpOption.mpj_syn(1, 2, 3, True), MptcpOption.mpj_synack(bytes(8), 2, 3), MptcpOption.mpj_ack(bytes(20)),
+              MptcpOption.dss(data_ack=1, subflow_seq=5, data_len=9, csum=3), MptcpOption.dss(data_seq=1),
+              MptcpOption.dss(1, 2, 3, 4, 5, True, False, False), MptcpOption.add_addr(1, "10.0.0.1", 80, bytes(8)),
+              MptcpOption.add_addr(2, "::1"), MptcpOption.remove_addr([1, 2]), MptcpOption.mp_prio(True),
+              MptcpOption.mp_prio(False, 4), MptcpOption.mp_fail(9), MptcpOption.mp_fastclose(KS),
+              MptcpOption.mp_tcprst(RstReason.MIDDLEBOX_INTERFERENCE, MPTCP_RST_TRANSIENT)):
+        assert parse_mptcp(encode_mptcp(o)) == o, o
