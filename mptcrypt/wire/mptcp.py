@@ -39,7 +39,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
-from mptcrypt.constants import TCPOPT_MPTCP
+from mptcrypt.constants import MPTCP_TOKEN_LEN, TCPOPT_MPTCP
 from mptcrypt.errors import DecodeError
 
 __all__ = [
@@ -144,7 +144,6 @@ TCPOLEN_MPTCP_RST = 4
 TCPOLEN_MPTCP_FAIL = 12
 
 MPTCP_KEY_LEN = 8
-MPTCP_TOKEN_LEN = 4
 MPTCP_NONCE_LEN = 4
 MPTCPOPT_THMAC_LEN = 8  # MP_JOIN SYN-ACK truncated HMAC
 MPTCPOPT_HMAC_LEN = 20  # MP_JOIN ACK HMAC

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from mptcrypt.constants import (
+    EXP_HEADER_LEN,
     MAC_OPTION_LEN,
     TCP_MAX_OPTION_SPACE,
     TCPOPT_MSS,
@@ -42,14 +43,16 @@ from mptcrypt.wire.mptcp import (
     MptcpOption,
     encode_mptcp,
 )
+from mptcrypt.wire.tcp import (
+    TCPOLEN_MSS,
+    TCPOLEN_SACK_BLOCK,
+    TCPOLEN_SACK_PERM,
+    TCPOLEN_TIMESTAMP,
+    TCPOLEN_WSCALE,
+)
 
-# Linux tcp_output.c sizes of the plain TCP options (as written, padding included)
-TCPOLEN_MSS = 4
-TCPOLEN_WSCALE_ALIGNED = 4  # NOP + window scale (3)
-TCPOLEN_SACKPERM_ALIGNED = 4  # NOP NOP SACK-permitted (2), when there is no timestamp to pack it with
-TCPOLEN_TSTAMP_ALIGNED = 12  # NOP NOP timestamp (10); on a SYN, SACK-permitted (2) + timestamp (10)
-TCPOLEN_SACK_BASE_ALIGNED = 4  # NOP NOP kind length
-TCPOLEN_SACK_PERBLOCK = 8
+# Linux tcp_output.c writes: MSS (4); NOP + window scale (3); SACK-permitted (2) + timestamp (10) on a SYN, or
+# NOP NOP timestamp, or NOP NOP SACK-permitted without timestamps; NOP NOP SACK (2 + 8 per block).
 
 _KEY = bytes(8)
 _V4 = bytes(4)
@@ -73,19 +76,21 @@ def padded(option: bytes) -> bytes:
 
 def plain_tcp_options(*, syn: bool, ts: bool, sack_perm: bool, sack_blocks: int = 0) -> bytes:
     """The non-MPTCP options Linux writes on a SYN / SYN-ACK (``syn``) or an established segment."""
+    nop2 = bytes((TCPOPT_NOP, TCPOPT_NOP))
+    sack_perm_opt = struct.pack("!BB", TCPOPT_SACK_PERM, TCPOLEN_SACK_PERM)
     out = b""
     if syn:
         out += struct.pack("!BBH", TCPOPT_MSS, TCPOLEN_MSS, 1460)
     if ts:
-        head = struct.pack("!BB", TCPOPT_SACK_PERM, 2) if syn and sack_perm else bytes((TCPOPT_NOP, TCPOPT_NOP))
-        out += head + struct.pack("!BBII", TCPOPT_TIMESTAMP, 10, 1, 0)
+        out += (sack_perm_opt if syn and sack_perm else nop2) + struct.pack("!BBII", TCPOPT_TIMESTAMP,
+                                                                            TCPOLEN_TIMESTAMP, 1, 0)
     elif syn and sack_perm:
-        out += bytes((TCPOPT_NOP, TCPOPT_NOP)) + struct.pack("!BB", TCPOPT_SACK_PERM, 2)
+        out += nop2 + sack_perm_opt
     if syn:
-        out += bytes((TCPOPT_NOP,)) + struct.pack("!BBB", TCPOPT_WSCALE, 3, 7)
+        out += bytes((TCPOPT_NOP,)) + struct.pack("!BBB", TCPOPT_WSCALE, TCPOLEN_WSCALE, 7)
     if sack_blocks:
-        out += bytes((TCPOPT_NOP, TCPOPT_NOP)) + struct.pack("!BB", TCPOPT_SACK, 2 + 8 * sack_blocks) + \
-            bytes(8 * sack_blocks)
+        out += nop2 + struct.pack("!BB", TCPOPT_SACK, 2 + TCPOLEN_SACK_BLOCK * sack_blocks) + \
+            bytes(TCPOLEN_SACK_BLOCK * sack_blocks)
     return out
 
 
@@ -95,7 +100,7 @@ def linux_options_len(mptcp_lengths, *, syn: bool, ts: bool, sack_perm: bool, sa
         sum(align4(n) for n in mptcp_lengths)
 
 
-OPTLEN_PKCONF_MAX = OPTLEN_HELLO - 1 + MAX_PKCONF_CIPHERS  # header, type, up to MAX_PKCONF_CIPHERS ids
+OPTLEN_PKCONF_MAX = EXP_HEADER_LEN + 1 + MAX_PKCONF_CIPHERS  # header, type, up to MAX_PKCONF_CIPHERS ids
 
 
 class Handling(Enum):
