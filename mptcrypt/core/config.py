@@ -3,6 +3,7 @@
 Example `mptcrypt.toml`::
 
     ports = "all"              # or "80,443,5000-5100": which TCP ports the daemon intercepts
+    resume = true              # resume cached sessions with NEXTK1 (no public-key operation)
     policy = "opportunistic"   # default policy: opportunistic | required | off
     pub_ciphers = ["x25519", "p256", "rsa2048"]
     sym_ciphers = ["aes128", "chacha20"]
@@ -106,6 +107,7 @@ class Config:
     idle_timeout: float = 600.0  # reclaim a silent connection after this long
     closed_linger: float = 10.0  # keep keys this long after FIN/RST so late segments still verify
     key_lifetime: float = 600.0  # regenerate the ephemeral K_C / server key after this long
+    resume: bool = True  # offer resumption (NEXTK1) to peers with a cached session
 
     def policy_for(self, peer_addr: str, port: int) -> Policy:
         for rule in self.rules:
@@ -133,7 +135,7 @@ class Config:
         cfg = cls()
         known = {"ports", "policy", "rule", "pub_ciphers", "sym_ciphers", "queue_num", "fail_open"}
         known |= {"max_connections", "max_held_per_connection", "max_sessions_cached", "init_rto"}
-        known |= {"init_retries", "idle_timeout", "closed_linger", "key_lifetime"}
+        known |= {"init_retries", "idle_timeout", "closed_linger", "key_lifetime", "resume"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -148,8 +150,10 @@ class Config:
                 cfg.pub_ciphers = _cipher_list(value, PUB_CIPHER_NAMES, where, "pub_ciphers")
             elif key == "sym_ciphers":
                 cfg.sym_ciphers = _cipher_list(value, SYM_CIPHER_NAMES, where, "sym_ciphers")
-            elif key == "fail_open":
-                cfg.fail_open = bool(value)
+            elif key in ("fail_open", "resume"):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
+                setattr(cfg, key, value)
             else:
                 expected = type(getattr(cfg, key))
                 try:

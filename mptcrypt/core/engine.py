@@ -379,7 +379,7 @@ class Engine:
         sf.isn_local = seq
         sf.out_ref = seq + 1
         sf.mptcp = _mptcp_opt(opts) is not None
-        session = self._peer_cache.get(key[2])
+        session = self._peer_cache.get(key[2]) if self.config.resume else None
         if session is not None:
             try:
                 sf.resume_index = session.allocate()

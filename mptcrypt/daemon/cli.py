@@ -57,6 +57,13 @@ def register(sub) -> None:
         default=None,
         help="while no daemon listens, let intercepted traffic pass in plain text (default: drop it)",
     )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        default=None,
+        help="always run the public-key handshake, never resume a cached session (benchmarks, tests)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -97,7 +104,8 @@ def cmd_daemon(args) -> int:
     from mptcrypt.daemon.main import run_daemon
 
     config = Config.load(
-        args.config, ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open
+        args.config, ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
+        resume=args.resume,
     )
     return run_daemon(config, verbose=args.verbose)
 
