@@ -44,6 +44,7 @@ from mptcrypt.errors import DecodeError, HandshakeError, ProtocolError
 from mptcrypt.wire import messages as m
 from mptcrypt.wire.checksum import tcp_checksum
 from mptcrypt.wire.ip import build_ip_header, rebuild_ip_header
+from mptcrypt.wire.mptcp import Subtype
 from mptcrypt.wire.tcp import ACK, FIN, PSH, RST, SYN, TCPOption, encode_options, pad_options, parse_options
 
 _TCP = struct.Struct("!HHIIHHHH")
@@ -61,6 +62,8 @@ TCPOLEN_MPTCP_MPC_SYNACK = 12
 TCPOLEN_MPTCP_MPC_ACK = 20
 TCPOLEN_MPTCP_MPJ_SYN = 12
 MPTCP_KEY_LEN = 8
+# signals Linux may put beside a data DSS; moved to a pure ACK of their own when the MAC does not fit
+SPLIT_SUBTYPES = (Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL)
 
 COUNTERS = (
     "packets", "segments_protected", "segments_verified", "bytes_encrypted", "bytes_decrypted",
@@ -68,7 +71,7 @@ COUNTERS = (
     "pk_keygen", "pk_ops", "pk_handshakes", "handshakes_completed", "resumptions", "resume_fallbacks",
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
-    "connections_reclaimed", "flows_tracked_max",
+    "signals_split", "connections_reclaimed", "flows_tracked_max",
 )
 
 
@@ -197,7 +200,7 @@ class Engine:
     def _protect(self, sf, packet, ihl, hlen, sport, dport, seq, ack, flags, window, urg, now) -> Result:
         opt_len = hlen - TCP_HEADER_LEN
         if opt_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE:
-            return self._no_room(sf, packet, ihl, hlen)
+            return self._no_room(sf, packet, ihl, hlen, sport, dport, seq, ack, flags, window, urg, now)
         start = ihl + TCP_HEADER_LEN
         options = packet[start:ihl + hlen]
         payload = packet[ihl + hlen:]
@@ -345,11 +348,34 @@ class Engine:
         self.counters["held"] += 1
         return Result(Verdict.HOLD)
 
-    def _no_room(self, sf, packet, ihl, hlen) -> Result:
-        """Kernel options leave no room for the MAC (docs/option-budget.md): drop, count, never send it plain."""
-        self.counters["option_overflow"] += 1
-        self._event("option-overflow", sf.key, f"{hlen - TCP_HEADER_LEN} option bytes leave no room for the MAC")
-        return DROP
+    def _no_room(self, sf, packet, ihl, hlen, sport, dport, seq, ack, flags, window, urg, now) -> Result:
+        """Kernel options leave no room for the MAC (docs/option-budget.md).
+
+        Without timestamps this happens when Linux puts a pending REMOVE_ADDR, MP_PRIO or MP_FAIL beside a data
+        segment's 28-byte DSS. Linux forgets the signal once written, so dropping the segment would lose it:
+        the signal moves to a pure ACK of our own at the segment's end (in window, so the peer kernel processes
+        its options), both protected. Anything else is dropped and counted, never sent in plain."""
+        try:
+            opts = parse_options(packet[ihl + TCP_HEADER_LEN:ihl + hlen])
+        except DecodeError:
+            opts = []
+        signals = [o for o in opts if o.kind == TCPOPT_MPTCP and o.data and o.data[0] >> 4 in SPLIT_SUBTYPES]
+        rest = pad_options(encode_options([o for o in opts if not any(o is x for x in signals)]))
+        moved = pad_options(encode_options(signals))
+        if not signals or MAC_OPTION_LEN + max(len(rest), len(moved)) > TCP_MAX_OPTION_SPACE:
+            self.counters["option_overflow"] += 1
+            self._event("option-overflow", sf.key, f"{hlen - TCP_HEADER_LEN} option bytes leave no room for the MAC")
+            return DROP
+        self.counters["signals_split"] += 1
+        payload = packet[ihl + hlen:]
+        main = self._assemble(packet, ihl, sport, dport, seq, ack, flags, window, urg, rest, payload)
+        signal = self._assemble(packet, ihl, sport, dport, (seq + len(payload)) & 0xFFFFFFFF, ack, ACK, window, urg,
+                                moved, b"")
+        first = self._protect(sf, main, ihl, TCP_HEADER_LEN + len(rest), sport, dport, seq, ack, flags, window, urg,
+                              now)
+        second = self._protect(sf, signal, ihl, TCP_HEADER_LEN + len(moved), sport, dport,
+                               (seq + len(payload)) & 0xFFFFFFFF, ack, ACK, window, urg, now)
+        return Result(Verdict.ACCEPT, first.packet, inject=[second.packet])
 
     # ------------------------------------------------------------------ SYN
     def _syn(self, sf, key, packet, ihl, hlen, outbound, seq, now) -> Result:

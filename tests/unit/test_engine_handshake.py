@@ -212,3 +212,20 @@ def test_replayed_nextk1_from_another_address_is_refused():
     _, h, _ = decode(real)
     replay = segment(bytes([10, 0, 2, 66]), 41000, S2_ADDR, 5000, 333, 0, SYN, parse_options(h.options))
     assert pair.inject("s", replay) is Verdict.DROP
+
+
+def test_signal_beside_a_full_dss_is_split_onto_its_own_protected_ack():
+    """REMOVE_ADDR (4 bytes) + DSS (28) + MAC (12) > 40: the engine moves the signal to a pure ACK of its own."""
+    from mptcrypt.wire.tcp import TCPOption
+
+    pair = mptcp_pair()
+    remove_addr = TCPOption(30, bytes((0x40, 3)))  # REMOVE_ADDR id 3
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [dss(1, 2, 1, 100), remove_addr],
+                   b"d" * 100)
+    got = pair.send("c", data)
+    assert len(got) == 2 and all(len(decode(p)[1].options) <= 40 for p in pair.wire[-2:])
+    main, signal = (decode(p) for p in got)
+    assert main[2] == b"d" * 100 and 0x40 not in [o.data[0] for o in parse_options(main[1].options) if o.kind == 30]
+    assert signal[2] == b"" and signal[1].seq == CISN + 101
+    assert [o.data for o in parse_options(signal[1].options) if o.kind == 30] == [bytes((0x40, 3))]
+    assert pair.eng["c"].stats()["signals_split"] == 1 and pair.eng["c"].stats()["option_overflow"] == 0
