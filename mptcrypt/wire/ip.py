@@ -22,6 +22,7 @@ DEFAULT_TTL = 64
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _V6 = struct.Struct("!IHBB16s16s")
 _LEN_CSUM = struct.Struct("!H")
+_V4_LEN_CSUM = struct.Struct("!2sH6sH8s")  # version..tos, total length, id..proto, checksum, addresses
 
 
 @dataclass(slots=True)
@@ -64,15 +65,17 @@ def parse_ip(packet: bytes) -> IPHeader:
 
 def rebuild_ip_header(header: bytes, transport_len: int) -> bytes:
     """`header` (as received) with its length fields set for `transport_len` bytes after it and, for
-    IPv4, a fresh header checksum."""
-    if header[0] >> 4 == 4:
-        old_len, old_csum = _LEN_CSUM.unpack_from(header, 2)[0], _LEN_CSUM.unpack_from(header, 10)[0]
-        new_len = len(header) + transport_len
-        # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), only the total length changed
+    IPv4, the header checksum updated for the new length (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'))."""
+    if len(header) == IPV4_MIN_HEADER_LEN:
+        a, old_len, b, old_csum, c = _V4_LEN_CSUM.unpack(header)
+        new_len = IPV4_MIN_HEADER_LEN + transport_len
         total = (~old_csum & 0xFFFF) + (~old_len & 0xFFFF) + new_len
         total = (total & 0xFFFF) + (total >> 16)
         total = (total & 0xFFFF) + (total >> 16)
-        return header[:2] + _LEN_CSUM.pack(new_len) + header[4:10] + _LEN_CSUM.pack(~total & 0xFFFF) + header[12:]
+        return _V4_LEN_CSUM.pack(a, new_len, b, ~total & 0xFFFF, c)
+    if header[0] >> 4 == 4:  # IPv4 with options
+        return rebuild_ip_header(header[:IPV4_MIN_HEADER_LEN], transport_len + len(header) - IPV4_MIN_HEADER_LEN) \
+            + header[IPV4_MIN_HEADER_LEN:]
     return header[:4] + _LEN_CSUM.pack(transport_len) + header[6:]
 
 
