@@ -1,0 +1,20 @@
+# mptcrypt: the README's two commands are `make demo` and `make test` (both run as root on a fresh machine).
+.PHONY: setup test unit demo bench clean
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+unit: setup
+	.venv/bin/python -m pytest -q tests/unit
+
+demo: setup
+	.venv/bin/python -m mptcrypt.demo
+
+bench: setup
+	.venv/bin/python bench/bench_throughput.py --json bench/throughput.json
+
+clean:
+	-.venv/bin/python -m mptcrypt topo clean
