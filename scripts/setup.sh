@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 
 # iproute2/iptables: namespaces, veth, NFQUEUE rules; libnetfilter-queue-dev + build-essential: netfilterqueue's
 # build; tcpdump/tshark: captures and the independent MPTCP decoder; mptcpd: mptcpize; iperf3/curl: unmodified
-# tools over MPTCP; mininet: its Python library (the topology files load with the real mininet.topo.Topo).
-APT_PACKAGES=(iproute2 iptables libnetfilter-queue-dev build-essential tcpdump tshark mptcpd iperf3 curl ethtool mininet)
+# tools over MPTCP; mininet: its Python library (the topology files load with the real mininet.topo.Topo);
+# iputils-ping: reachability and loss tests of the topologies; python3-venv: the venv when python3 is Debian's.
+APT_PACKAGES=(iproute2 iptables libnetfilter-queue-dev build-essential tcpdump tshark mptcpd iperf3 curl ethtool mininet
+              iputils-ping python3-venv)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -21,7 +23,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  # --no-install-recommends: mininet recommends Open vSwitch, whose daemons nothing here uses.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -1,0 +1,51 @@
+"""A mobile with Wi-Fi and LTE, and a server: for handover between networks.
+
+    mobile wifi 10.0.1.2/24 ---- Wi-Fi, 50 Mbit/s ---- 10.0.1.1/24 s-wifi server
+    mobile lte  10.0.2.2/24 ---- LTE,   20 Mbit/s ---- 10.0.2.1/24 s-lte  server
+
+The mobile's default route is Wi-Fi; each of its addresses leaves by its own link (per-path routing).
+Both mobile addresses are MPTCP `subflow` endpoints, so a connection uses both networks. A handover
+script changes the networks at run time through `Net`: `net.link_down('mobile', 'server', intf='wifi')`,
+`net.set_link('mobile', 'server', intf='lte', bw=5, loss=2)`, or `net.set_addr('mobile', 'wifi',
+'10.0.1.77/24')` for a new address on the same network (the endpoint follows the address).
+
+Build arguments (`--topo handover,30,10` or `handover,wifi_bw=30`): wifi_bw, lte_bw (Mbit/s),
+wifi_loss, lte_loss (%).
+"""
+
+try:
+    from mininet.topo import Topo
+except ImportError:
+    from mptcrypt.topo import Topo
+
+MPTCP_LIMITS = {"subflows": 2, "add_addr_accepted": 2}
+
+
+class HandoverTopo(Topo):
+    def build(self, wifi_bw=50, lte_bw=20, wifi_loss=0, lte_loss=0):
+        mobile = self.addHost(
+            "mobile",
+            defaultRoute="via 10.0.1.1 dev wifi",
+            mptcp={
+                "enabled": True,
+                "limits": MPTCP_LIMITS,
+                "endpoints": [
+                    {"addr": "10.0.1.2", "dev": "wifi", "flags": ["subflow"]},
+                    {"addr": "10.0.2.2", "dev": "lte", "flags": ["subflow"]},
+                ],
+            },
+        )
+        server = self.addHost("server", mptcp={"enabled": True, "limits": MPTCP_LIMITS})
+        self.addLink(
+            mobile, server, intfName1="wifi", intfName2="s-wifi",
+            params1={"ip": "10.0.1.2/24", "gw": "10.0.1.1"}, params2={"ip": "10.0.1.1/24"},
+            bw=wifi_bw, loss=wifi_loss,
+        )
+        self.addLink(
+            mobile, server, intfName1="lte", intfName2="s-lte",
+            params1={"ip": "10.0.2.2/24", "gw": "10.0.2.1"}, params2={"ip": "10.0.2.1/24"},
+            bw=lte_bw, loss=lte_loss,
+        )
+
+
+topos = {"handover": HandoverTopo}
