@@ -192,7 +192,7 @@ class Engine:
 
     def session_id(self, local: tuple[str, int], remote: tuple[str, int]) -> bytes | None:
         sf = self._flows.get(_flow_key(local, remote))
-        if sf is None or sf.conn is None or sf.state not in (State.ENCRYPTING, State.CLOSED):
+        if sf is None or sf.conn is None or sf.tx is None:
             return None
         return sf.conn.sid
 
@@ -642,6 +642,7 @@ class Engine:
             rst_peer = _segment(la, lp, ra, rp, ack, 0, RST, b"", b"")
             return Result(Verdict.ACCEPT, rst_local, inject=[rst_peer])
         sf.state = transition(sf.state, Ev.RECV_SYNACK_PLAIN)
+        sf.conn = None  # a resumption we offered and the peer ignored: nothing of the session applies
         sf.plain_reason = why
         self.counters["fallbacks_plain"] += 1
         return ACCEPT
@@ -911,7 +912,7 @@ class Engine:
         row = {
             "local": f"{fmt_addr(la)}:{lp}", "remote": f"{fmt_addr(ra)}:{rp}",
             "state": sf.state.value if sf.state else "new",
-            "protected": conn is not None and sf.state in (State.ENCRYPTING, State.CLOSED),
+            "protected": conn is not None and sf.tx is not None,
             "pub_cipher": conn.session.pub_cipher.name if conn else None,
             "sym_cipher": conn.session.sym_cipher.name if conn else None,
             "sid": conn.sid.hex() if conn else None,

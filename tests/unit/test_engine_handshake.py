@@ -229,3 +229,19 @@ def test_signal_beside_a_full_dss_is_split_onto_its_own_protected_ack():
     assert signal[2] == b"" and signal[1].seq == CISN + 101
     assert [o.data for o in parse_options(signal[1].options) if o.kind == 30] == [bytes((0x40, 3))]
     assert pair.eng["c"].stats()["signals_split"] == 1 and pair.eng["c"].stats()["option_overflow"] == 0
+
+
+def test_resumption_offered_to_a_peer_that_lost_its_daemon_falls_back_to_plain_and_says_so():
+    pair = EnginePair()
+    handshake(pair)
+    pair.eng["s"] = type(pair.eng["s"])(Config(policy=Policy.OFF))  # the server's daemon is gone
+    syn = segment(C_ADDR, 40009, S_ADDR, 5000, 50, 0, SYN, syn_options())
+    pair.send("c", syn)
+    synack = segment(S_ADDR, 5000, C_ADDR, 40009, 70, 51, SYN | ACK, syn_options(ts=False))
+    assert pair.send("s", synack) == [synack]
+    for flags in (ACK | FIN, ACK):
+        pair.send("c", segment(C_ADDR, 40009, S_ADDR, 5000, 51, 71, flags))
+    pair.send("s", segment(S_ADDR, 5000, C_ADDR, 40009, 71, 52, ACK | FIN))
+    row = [r for r in pair.eng["c"].sessions() if r["remote"].endswith(":5000") and r["local"].endswith(":40009")][0]
+    assert row["protected"] is False and row["sid"] is None
+    assert pair.eng["c"].session_id(("10.0.1.2", 40009), ("10.0.1.1", 5000)) is None
