@@ -244,7 +244,10 @@ class Net:
             self._lock.release()
 
     def detach(self) -> None:
-        """Leave the network up for other processes (`mptcrypt topo up`): close handles, release the lock."""
+        """Leave the network up for other processes (`mptcrypt topo up`): close handles, release the lock.
+        The state file stays, marked detached, until `mptcrypt topo down`."""
+        if self.started:
+            self._save_state("up", detached=True)
         self._close_handles()
         self._sockets.clear()
         self._procs.clear()
@@ -259,39 +262,48 @@ class Net:
         deadline = time.monotonic() + self.lock_timeout
         while True:
             self._lock.acquire(max(0.0, deadline - time.monotonic()))
-            try:
-                self._check_free()
+            busy = self._busy()
+            if busy is None:
                 return
-            except AlreadyRunningError:
-                self._lock.release()
-                if time.monotonic() >= deadline:
-                    raise
+            message, worth_waiting = busy
+            self._lock.release()
+            if not worth_waiting or time.monotonic() >= deadline:
+                raise AlreadyRunningError(message)
             time.sleep(0.25)
 
-    def _check_free(self) -> None:
-        state = read_state(self.state_file) if self.state_file else None
+    def _busy(self) -> tuple[str, bool] | None:
+        """Why this network cannot be built now (message, whether waiting may help), or None.
+
+        A record left by a process that died with its network up (a crash, SIGKILL) is cleaned up here:
+        its namespaces are the ones that process made, and we hold the lock."""
+        record = self.state_file or STATE_FILE  # read even when not recording: `topo up` may own the names
+        state = read_state(record)
         if state is not None:
-            alive = [ns for ns in state.get("namespaces", []) if netns.exists(ns)]
+            recorded = [ns for ns in state.get("namespaces", []) if ns.startswith(netns.NAME_PREFIX)]
+            alive = [ns for ns in recorded if netns.exists(ns)]
+            owner = state.get("pid")
+            if alive and not state.get("detached") and isinstance(owner, int) and not _pid_alive(owner):
+                for ns in alive:
+                    netns.delete(ns)
+                alive = []
             if alive:
                 what = state.get("file") or "a topology"
-                raise AlreadyRunningError(
-                    f"{what} is already up ({', '.join(alive)}; made by pid {state.get('pid')}): "
-                    "run `mptcrypt topo down` first"
-                )
-            remove_state(self.state_file)
+                return (f"{what} is already up ({', '.join(alive)}; made by pid {owner}): "
+                        "run `mptcrypt topo down` first", True)
+            remove_state(record)
         taken = [ns for ns in self.namespaces if netns.exists(ns)]
         if taken:
-            raise AlreadyRunningError(
-                f"namespace(s) {', '.join(taken)} already exist (left over from a crash?): "
-                "run `mptcrypt topo clean` to remove every mptc- namespace"
-            )
+            return (f"namespace(s) {', '.join(taken)} already exist, with no record of who made them "
+                    "(left over from a crash?): `mptcrypt topo clean` removes every mptc- namespace", False)
+        return None
 
-    def _save_state(self, status: str) -> None:
+    def _save_state(self, status: str, detached: bool = False) -> None:
         if not self.state_file:
             return
         state = {
             "version": STATE_VERSION,
             "status": status,
+            "detached": detached,
             "pid": os.getpid(),
             "created": time.time(),
             "namespaces": self.namespaces,
@@ -636,6 +648,7 @@ class Net:
                 n.plan.default_route = None  # its gateway is no longer on-link
         self._apply_routes(n)
         self._move_endpoints(n, old, new)
+        self._save_state("up")
 
     def _move_endpoints(self, n: Node, old: ipaddress.IPv4Interface | None, new: ipaddress.IPv4Interface | None) -> None:
         settings = n.plan.mptcp
@@ -656,6 +669,16 @@ class Net:
             if ep.id is None:
                 ep.id = old_id  # keep the id the peer knows this path by
             self._add_endpoint(n, ep)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stop_active() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -187,6 +188,32 @@ def test_topology_files_build_with_mininets_topo():
 # --- real networks: root ------------------------------------------------------------------------------
 
 
+def _ns_ids(names) -> dict[str, tuple[int, int]]:
+    """Identity (nsfs dev, inode) of the named namespaces that exist now."""
+    ids = {}
+    for name in names:
+        try:
+            st = os.stat(topo_netns.ns_path(name))
+        except FileNotFoundError:
+            continue
+        ids[name] = (st.st_dev, st.st_ino)
+    return ids
+
+
+def _all_gone(ids: dict[str, tuple[int, int]]) -> bool:
+    """None of these namespaces exists any more. Another test run may have made new ones with the same
+    names as soon as the lock was let go: those are other namespaces (other inodes)."""
+    now = _ns_ids(ids)
+    return not [n for n, ident in ids.items() if now.get(n) == ident]
+
+
+def _not_my_record(pid: int) -> bool:
+    from mptcrypt.topo.state import read_state
+
+    state = read_state()
+    return state is None or state.get("pid") != pid
+
+
 def _root_links() -> set[str]:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
@@ -202,8 +229,8 @@ def test_build_and_teardown_leave_no_trace(topology):
     topo, *_ = load_topo(str(TOPOLOGIES / topology))
     net = Net(topo)
     with net:
-        for ns in net.namespaces:
-            assert topo_netns.exists(ns)
+        ids = _ns_ids(net.namespaces)
+        assert sorted(ids) == sorted(net.namespaces)
         for host in net.hosts:
             names = set(re.findall(r"^\d+: (\S+?)[:@]", host.cmd("ip -o link show"), re.M))
             assert names == {"lo", *host.intfNames()}
@@ -211,8 +238,8 @@ def test_build_and_teardown_leave_no_trace(topology):
             assert f"master {switch.plan.bridge}" in switch.cmd("ip -o link show", switch.intfNames()[0])
         assert json.load(open(STATE_FILE))["namespaces"] == net.namespaces
         assert _root_links() == links_before  # nothing in the root namespace
-    assert not [ns for ns in net.namespaces if topo_netns.exists(ns)]
-    assert not os.path.exists(STATE_FILE)
+    assert _all_gone(ids)
+    assert _not_my_record(os.getpid())
     assert _root_links() == links_before
 
 
@@ -382,6 +409,42 @@ def test_set_addr_moves_the_address_routes_and_endpoint(make_net):
     assert "rate 50Mbit" in mobile.cmd("tc qdisc show dev wifi") and "rate 20Mbit" in mobile.cmd("tc qdisc show dev lte")
 
 
+CHILD = r"""
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+from mptcrypt.topo import Net, load_topo
+topo, *_ = load_topo({path!r})
+if sys.argv[1] == "interrupt":
+    with Net(topo, lock_timeout=120):
+        print("up", flush=True)
+        time.sleep(30)
+else:
+    Net(topo, lock_timeout=120).start()
+    print("up", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@root
+def test_ctrl_c_and_a_crash_leave_nothing_behind(make_net):
+    script = CHILD.format(repo=str(REPO), path=str(TOPOLOGIES / "two_path.py"))
+    child = subprocess.Popen([sys.executable, "-c", script, "interrupt"], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "up"
+    ids = _ns_ids(["mptc-client", "mptc-server"])
+    assert len(ids) == 2
+    child.send_signal(signal.SIGINT)  # Ctrl-C: KeyboardInterrupt unwinds through Net.__exit__
+    child.wait(timeout=20)
+    assert _all_gone(ids)
+    assert _not_my_record(child.pid)
+
+    crash = subprocess.run([sys.executable, "-c", script, "kill"], capture_output=True, text=True, timeout=150)
+    assert crash.returncode == -signal.SIGKILL and crash.stdout.strip() == "up"
+    ids = _ns_ids(["mptc-client", "mptc-server"])  # left behind, with their record
+    net = make_net("two_path.py")  # finds the dead owner's record and removes its namespaces first
+    assert _all_gone(ids)
+    assert _ping_loss(net["client"], "10.0.1.1", 1, 0.05) == 0
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mptcrypt", "topo", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=150)
@@ -393,6 +456,7 @@ def test_cli_up_exec_down():
     try:
         assert up.returncode == 0, up.stderr
         assert "10.0.2.2/24" in up.stdout
+        ids = _ns_ids(["mptc-client", "mptc-server"])
         again = _cli("up", "topologies/two_path.py", "--wait", "0")
         assert again.returncode == 75 and ("already up" in again.stderr or "another" in again.stderr)
         ping = _cli("exec", "client", "--", "ping", "-c1", "-W1", "10.0.1.1")
@@ -403,7 +467,7 @@ def test_cli_up_exec_down():
     finally:
         down = _cli("down", "--wait", "120")
     assert down.returncode == 0 and "mptc-client" in down.stdout, down.stderr
-    assert not topo_netns.exists("mptc-client") and not topo_netns.exists("mptc-server")
+    assert len(ids) == 2 and _all_gone(ids)
     unknown = _cli("up", "topologies/two_path.py", "--topo", "nine_path")
     assert unknown.returncode == 2 and "available: two_path" in unknown.stderr
     nofile = _cli("up", "topologies/nope.py")
