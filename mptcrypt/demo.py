@@ -34,23 +34,11 @@ def _json(node, *args):
 
 def _pcap_summary(path: str, port: int) -> dict:
     """Packets of the connection on one link: how many carry payload, how many a MAC option, marker seen?"""
-    from mptcrypt.wire.ip import parse_ip
-    from mptcrypt.wire.tcp import parse_tcp
+    from mptcrypt.wire.pcap import tcp_packets
 
     data = Path(path).read_bytes()
     out = {"packets": 0, "with_payload": 0, "with_mac": 0, "unprotected_data": 0, "marker_seen": MARKER in data}
-    off = 24
-    while off + 16 <= len(data):
-        incl = int.from_bytes(data[off + 8:off + 12], "little")
-        frame = data[off + 16:off + 16 + incl]
-        off += 16 + incl
-        if frame[12:14] != b"\x08\x00":
-            continue
-        try:
-            ip = parse_ip(frame[14:])
-            hdr, payload = parse_tcp(frame[14 + ip.header_len:14 + ip.total_len])
-        except Exception:
-            continue
+    for _ip, hdr, payload in tcp_packets(data):
         if port not in (hdr.sport, hdr.dport):
             continue
         mac = hdr.options[-12:-8] == bytes.fromhex("fd0c4d50")

@@ -786,7 +786,7 @@ def mptcp_token(key: bytes | int) -> int:
 
     ``key`` is the 8 key bytes as on the wire (an int is taken as their big-endian value).
     """
-    return _U32.unpack_from(hashlib.sha256(_key(key)).digest(), 0)[0]
+    return int.from_bytes(hashlib.sha256(_key(key)).digest()[:MPTCP_TOKEN_LEN], "big")
 
 
 def mptcp_idsn(key: bytes | int) -> int:

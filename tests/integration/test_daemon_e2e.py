@@ -17,6 +17,7 @@ import time
 import pytest
 
 from mptcrypt.wire.ip import build_ip_header, parse_ip
+from mptcrypt.wire.pcap import tcp_packets
 from mptcrypt.wire.mptcp import Subtype, add_addr_hmac, mptcp_token, parse_mptcp
 from mptcrypt.wire.tcp import ACK, RST, SYN, TCPHeader, TCPOption, encode_options, pad_options, parse_options, parse_tcp
 
@@ -104,23 +105,6 @@ class Capture:
             data = fh.read()
         os.unlink(self.path)
         return data
-
-
-def pcap_packets(data: bytes):
-    """(ip header, tcp header, payload) of every IPv4 TCP packet in a pcap (Ethernet link type)."""
-    off = 24
-    while off + 16 <= len(data):
-        incl = struct.unpack_from("<I", data, off + 8)[0]
-        frame = data[off + 16:off + 16 + incl]
-        off += 16 + incl
-        if len(frame) > 34 and frame[12:14] == b"\x08\x00":
-            pkt = frame[14:]
-            try:
-                ip = parse_ip(pkt)
-                hdr, payload = parse_tcp(pkt[ip.header_len:ip.total_len])
-            except Exception:
-                continue
-            yield ip, hdr, payload
 
 
 class LinkTap:
@@ -213,7 +197,7 @@ def test_64mib_mptcp_transfer_is_protected_end_to_end(env, tmp_path):
     # both links carried protected data, and never the plaintext marker
     for wire in wires:
         assert MARKER.encode() not in wire
-        pkts = [(ip, h, p) for ip, h, p in pcap_packets(wire) if 5001 in (h.sport, h.dport) and p]
+        pkts = [(ip, h, p) for ip, h, p in tcp_packets(wire) if 5001 in (h.sport, h.dport) and p]
         assert len(pkts) > 100
         # every data segment carries a MAC; the only payloads without one are the daemons' INIT1/INIT2
         unprotected = [p[:8] for ip, h, p in pkts if h.options[-12:-8] != bytes.fromhex("fd0c4d50")]

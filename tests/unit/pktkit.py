@@ -7,7 +7,7 @@ import ipaddress
 import struct
 
 from mptcrypt.wire.ip import build_ip_header, parse_ip
-from mptcrypt.wire.tcp import ACK, SYN, TCPHeader, TCPOption, encode_options, mss_option, pad_options, parse_tcp, \
+from mptcrypt.wire.tcp import TCPHeader, TCPOption, encode_options, mss_option, pad_options, parse_tcp, \
     timestamp_option, wscale_option
 
 C_ADDR = ipaddress.ip_address("10.0.1.2").packed

@@ -2,7 +2,6 @@
 and IPv6, and connection state reclamation."""
 
 import ipaddress
-import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +11,7 @@ from mptcrypt.core.events import Verdict
 from mptcrypt.wire.tcp import ACK, FIN, PSH, SYN
 
 from enginepair import EnginePair
-from pktkit import C_ADDR, S_ADDR, decode, segment, syn_options
+from pktkit import C_ADDR, S_ADDR, segment, syn_options
 
 V6_C = ipaddress.ip_address("2001:db8::2").packed
 V6_S = ipaddress.ip_address("2001:db8::1").packed
