@@ -1,0 +1,5 @@
+import sys
+
+from mptcrypt.attacks.cli import main
+
+sys.exit(main())
