@@ -11,6 +11,8 @@ from mptcrypt.errors import MptcryptError
 SUBCOMMAND_MODULES = (
     "mptcrypt.daemon.cli",
     "mptcrypt.topo.cli",
+    "mptcrypt.attacks.cli",
+    "mptcrypt.handover.cli",
 )
 
 

@@ -62,6 +62,9 @@ TCPOLEN_MPTCP_MPC_SYNACK = 12
 TCPOLEN_MPTCP_MPC_ACK = 20
 TCPOLEN_MPTCP_MPJ_SYN = 12
 MPTCP_KEY_LEN = 8
+# flows a SYN with a new ISN must not replace: everything but closed, failed, refused and plain flows
+LIVE_STATES = (State.SYN_SENT_HELLO, State.SYN_SENT_NEXTK1, State.INIT1_SENT, State.HELLO_RCVD, State.PKCONF_SENT,
+               State.NEXTK1_RCVD, State.ENCRYPTING)
 # signals Linux may put beside a data DSS; moved to a pure ACK of their own when the MAC does not fit
 SPLIT_SUBTYPES = (Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL)
 
@@ -71,7 +74,7 @@ COUNTERS = (
     "pk_keygen", "pk_ops", "pk_handshakes", "handshakes_completed", "resumptions", "resume_fallbacks",
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
-    "signals_split", "connections_reclaimed", "flows_tracked_max",
+    "signals_split", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
 )
 
 
@@ -307,7 +310,12 @@ class Engine:
                       State.SYN_SENT_HELLO, State.SYN_SENT_NEXTK1):
                 return self._hold(sf, packet)
             return ACCEPT
-        # inbound, before keys: only the peer daemon's INIT segments are expected
+        # inbound, before keys: only the peer daemon's INIT segments are expected, and a refusal of our SYN
+        if flags & RST and st in (State.SYN_SENT_HELLO, State.SYN_SENT_NEXTK1) and flags & ACK \
+                and ack == (sf.isn_local + 1) & 0xFFFFFFFF:
+            sf.state = transition(st, Ev.REFUSE)
+            sf.plain_reason = "refused by the peer (RST)"
+            return ACCEPT  # "connection refused" for the application: an on-path attacker could drop the SYN anyway
         marker = self._marker(packet, ihl, hlen)
         if marker == Msg.INIT1 and st is State.PKCONF_SENT:
             return self._recv_init1(sf, packet[ihl + hlen:], now)
@@ -462,6 +470,12 @@ class Engine:
         msg = _mptcrypt_msg(opts)
         if join_opt is not None:
             return self._recv_join_syn(sf, key, packet, ihl, opts, join_opt, msg, seq, now)
+        if sf is not None and sf.state in LIVE_STATES and sf.isn_remote != seq:
+            # A new SYN on the 4-tuple of a flow we protect (or are keying): no peer does that while the connection
+            # lives; an attacker does, to switch the subflow to plain text or desynchronise it. Never replace it.
+            self.counters["syn_on_live_flow_dropped"] += 1
+            self._event("syn-on-live-flow", key, "SYN with a new ISN on a protected flow dropped")
+            return DROP
         if policy is Policy.OFF:
             return ACCEPT
         if msg is None:

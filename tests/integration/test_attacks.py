@@ -103,6 +103,8 @@ def test_downgrade_required_is_refused(matrix):
     assert not raw["transfer"]["connected"]
     assert raw["agent"]["view"]["plaintext_records_seen"] == {"UP": 0, "DN": 0}
     assert raw["stats"]["server"].get("refused_policy", 0) > 0
+    # refused, as docs/protocol.md §8 promises: the application sees ECONNREFUSED, not a timeout
+    assert "refused" in (raw["transfer"]["connect_error"] or "").lower(), raw["transfer"]
 
 
 def test_syn_desync_is_harmless_to_plain_mptcp(matrix):
@@ -111,10 +113,8 @@ def test_syn_desync_is_harmless_to_plain_mptcp(matrix):
     assert cell.outcome == BLOCKED, _explain(cell)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug (reported, not fixed here): a forged plain SYN on the 4-tuple of a protected subflow makes "
-    "Engine._recv_syn -> _new_flow replace the ENCRYPTING flow with a PLAIN one on both daemons; the subflow "
-    "then runs unprotected (plaintext on the wire) without the application knowing"))
 def test_syn_desync_blocked_by_mptcrypt(matrix):
+    """A forged SYN on a protected subflow's 4-tuple is dropped (it used to replace the flow with a plain one)."""
     cell = matrix[("syn-desync", "mptcrypt", None)]
     assert cell.outcome == BLOCKED, _explain(cell)
+    assert cell.raw["stats"]["server"].get("syn_on_live_flow_dropped", 0) > 0

@@ -245,3 +245,32 @@ def test_resumption_offered_to_a_peer_that_lost_its_daemon_falls_back_to_plain_a
     row = [r for r in pair.eng["c"].sessions() if r["remote"].endswith(":5000") and r["local"].endswith(":40009")][0]
     assert row["protected"] is False and row["sid"] is None
     assert pair.eng["c"].session_id(("10.0.1.2", 40009), ("10.0.1.1", 5000)) is None
+
+
+def test_a_forged_syn_on_a_protected_flow_never_turns_it_plain():
+    """syn-desync (mptcrypt/attacks/syn_desync.py): a plain SYN with a new ISN on the 4-tuple of a live
+    protected subflow used to replace the flow with a plain one; it must be dropped and the flow stay keyed."""
+    pair = EnginePair()
+    handshake(pair)
+    for side, pkt in (("s", segment(C_ADDR, 40000, S_ADDR, 5000, 424242, 0, SYN, syn_options())),
+                      ("c", segment(S_ADDR, 5000, C_ADDR, 40000, 515151, 0, SYN, syn_options()))):
+        assert pair.inject(side, pkt) is Verdict.DROP
+        assert pair.eng[side].stats()["syn_on_live_flow_dropped"] == 1
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"still secret")
+    assert pair.send("c", data) == [data] and b"still secret" not in pair.wire[-1]
+    assert pair.eng["c"].stats()["fallbacks_plain"] == 0 and pair.eng["s"].stats()["fallbacks_plain"] == 0
+
+
+def test_a_peer_refusing_our_syn_reaches_the_application_as_a_refusal():
+    """A required-policy server answers a SYN it will not protect with RST: the client kernel must see it
+    (connection refused), not wait for a timeout."""
+    pair = EnginePair(server=Config(policy=Policy.REQUIRED))
+    syn = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options())
+    hello_syn = pair.eng["c"].handle(syn, True, 0.0).packet
+    stripped = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options())  # HELLO removed by the attacker
+    r = pair.eng["s"].handle(stripped, False, 0.0)
+    assert r.verdict is Verdict.DROP and len(r.inject) == 1 and hello_syn != stripped
+    rst = r.inject[0]
+    assert decode(rst)[1].flags & RST
+    assert pair.inject("c", rst) is Verdict.ACCEPT and pair.rx["c"] == [rst]
+    assert pair.eng["c"].flow_state(("10.0.1.2", 40000), ("10.0.1.1", 5000)) is State.REFUSED
