@@ -86,6 +86,7 @@ class Engine:
         self._tokens: dict[bytes, Connection] = {}
         self._peer_cache: OrderedDict[bytes, Session] = OrderedDict()
         self._resume: dict[bytes, tuple[Session, int]] = {}
+        self._pending_joins: dict[bytes, Subflow] = {}  # token -> first subflow still waiting for INIT2
         self._keys: dict[PubCipher, tuple[pubkey.KeyPair, float]] = {}
         self._timed: set[Subflow] = set()
         self._events: list[Event] = []
@@ -355,11 +356,11 @@ class Engine:
                 return o.data[2]
         return None
 
-    def _hold(self, sf, packet) -> Result:
-        if len(sf.held) >= self.config.max_held_per_connection:
+    def _hold(self, sf, packet, join: bool = False) -> Result:
+        if len(sf.held) + len(sf.held_joins) >= self.config.max_held_per_connection:
             self.counters["held_overflow"] += 1
             return DROP  # the kernel retransmits it; nothing leaks
-        sf.held.append(bytes(packet))
+        (sf.held_joins if join else sf.held).append(bytes(packet))
         self.counters["held"] += 1
         return Result(Verdict.HOLD)
 
@@ -406,8 +407,14 @@ class Engine:
 
     def _send_syn(self, sf, key, packet, ihl, opts, join_opt, policy, seq, now) -> Result:
         if join_opt is not None:
-            conn = self._tokens.get(bytes(join_opt[2:6]))
+            token = bytes(join_opt[2:6])
+            conn = self._tokens.get(token)
             if conn is None:
+                first = self._pending_joins.get(token)
+                if first is not None and first.state is State.INIT1_SENT:
+                    # Linux may open the join before our INIT2 arrived: hold it, it leaves with NEXTK1 once the
+                    # session exists (sent now it would be refused by the peer daemon for lacking NEXTK1)
+                    return self._hold(first, packet, join=True)
                 return ACCEPT  # a join of a connection we do not protect
             return self._send_join_syn(sf, key, packet, ihl, opts, join_opt, conn, seq, now)
         if policy is Policy.OFF:
@@ -641,6 +648,8 @@ class Engine:
             sf.pub_list = bytes(msg.ciphers)
             sf.pub_cipher = PubCipher(chosen)
             self._remember_mptcp_syn_key(sf, mp, local=False)
+            if "remote" in sf.mptcp_keys:
+                self._pending_joins[_token(sf.mptcp_keys["remote"])] = sf
             self._start_init1(sf, now)
             return Result(Verdict.ACCEPT, self._clean_syn(packet, ihl, opts).packet, inject=[sf.init_segment])
         return self._plain_or_refuse(sf, packet, ihl, opts, seq, ack, "peer did not answer with PKCONF")
@@ -738,7 +747,7 @@ class Engine:
         sf.client_key = None
         self._timed.discard(sf)
         self._keyed(sf, now, resumed=False)
-        return Result(Verdict.DROP, inject=self._release(sf))
+        return Result(Verdict.DROP, inject=self._release(sf) + self._release_joins(sf, now))
 
     def _keyed(self, sf, now, resumed: bool) -> None:
         """A subflow got its keys: register the connection for joins and the session for resumption."""
@@ -779,6 +788,18 @@ class Engine:
         self.counters["released"] += len(out)
         return out
 
+    def _release_joins(self, sf, now) -> list[bytes]:
+        """Join SYNs held while the first subflow was keyed: now their token maps to the session."""
+        out = []
+        for token in [t for t, first in self._pending_joins.items() if first is sf]:
+            del self._pending_joins[token]
+        held, sf.held_joins = sf.held_joins, []
+        for pkt in held:
+            res = self.handle(pkt, True, now)
+            if res.verdict is Verdict.ACCEPT:
+                out.append(res.packet or pkt)
+        return out
+
     def _confirm(self, sf) -> None:
         sf.confirmed = True
         sf.timer = None
@@ -794,6 +815,7 @@ class Engine:
         sf.state = transition(sf.state, Ev.GIVE_UP) if sf.state is not State.ENCRYPTING else State.FAILED
         sf.timer = None
         sf.held.clear()
+        sf.held_joins.clear()
         self._timed.discard(sf)
         self.counters["handshake_failures"] += 1
         self._event("handshake-failed", sf.key, why)
@@ -822,7 +844,7 @@ class Engine:
             self._add_token(conn, k)
 
     def _add_token(self, conn, key: bytes) -> None:
-        token = hashlib.sha256(key).digest()[:MPTCP_TOKEN_LEN]
+        token = _token(key)
         if token not in conn.tokens:
             conn.tokens.append(token)
             self._tokens[token] = conn
@@ -834,19 +856,21 @@ class Engine:
         cache.move_to_end(peer)
         while len(cache) > self.config.max_sessions_cached:
             _, old = cache.popitem(last=False)
-            for rid in old.resume_ids:
+            for rid in old.resume_ids.values():
                 self._resume.pop(rid, None)
-            old.resume_ids = []
+            old.resume_ids.clear()
 
     def _register_resume(self, session) -> None:
-        """Resumption ids for the peer's next unused indices: how a SYN from any address finds the session."""
-        for rid in session.resume_ids:
-            self._resume.pop(rid, None)
-        session.resume_ids = []
-        for i in session.peer_next_indices(RESUME_WINDOW):
-            rid = ks.resume_id(session.chain.ss(i))
-            self._resume[rid] = (session, i)
-            session.resume_ids.append(rid)
+        """Resumption ids for the peer's next unused indices: how a SYN from any address finds the session.
+        Only ids of indices entering the window are computed (one HMAC each)."""
+        wanted = session.peer_next_indices(RESUME_WINDOW)
+        for i in [i for i in session.resume_ids if i not in wanted]:
+            self._resume.pop(session.resume_ids.pop(i), None)
+        for i in wanted:
+            if i not in session.resume_ids:
+                rid = ks.resume_id(session.chain.ss(i))
+                self._resume[rid] = (session, i)
+                session.resume_ids[i] = rid
 
     def _new_flow(self, key, initiator, policy, now) -> Subflow | None:
         old = self._flows.get(key)
@@ -886,6 +910,8 @@ class Engine:
 
     def _drop_flow(self, sf) -> None:
         self._flows.pop(sf.key, None)
+        for token in [t for t, first in self._pending_joins.items() if first is sf]:
+            del self._pending_joins[token]
         self._timed.discard(sf)
         conn = sf.conn
         if conn is not None and sf in conn.subflows:
@@ -944,6 +970,11 @@ class Engine:
 
 def _ip(addr: bytes):
     return ipaddress.ip_address(addr)
+
+
+def _token(key: bytes) -> bytes:
+    """MPTCP token of a connection key: the first 32 bits of SHA-256(key) (RFC 8684 §3.2)."""
+    return hashlib.sha256(key).digest()[:MPTCP_TOKEN_LEN]
 
 
 def _flow_key(local: tuple[str, int], remote: tuple[str, int]) -> tuple:

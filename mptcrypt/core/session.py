@@ -36,7 +36,8 @@ class Session:
     initiator) allocates odd indices, the other side even ones, so both can start joins or resumed connections
     at the same time without colliding. Each index keys exactly one subflow (checked by `claim`)."""
 
-    __slots__ = ("chain", "initiator", "pub_cipher", "sym_cipher", "_next_own", "used", "peer_addr", "resume_ids")
+    __slots__ = ("chain", "initiator", "pub_cipher", "sym_cipher", "_next_own", "_peer_top", "used", "peer_addr",
+                 "resume_ids")
 
     def __init__(self, ss0: bytes, initiator: bool, pub_cipher, sym_cipher, peer_addr: bytes):
         self.chain = KeyChain(ss0)
@@ -44,9 +45,10 @@ class Session:
         self.pub_cipher = pub_cipher
         self.sym_cipher = sym_cipher
         self._next_own = 1 if initiator else 2
+        self._peer_top = 0 if initiator else -1  # highest index of the peer's parity used so far
         self.used: dict[int, FlowKey] = {0: None}
         self.peer_addr = peer_addr
-        self.resume_ids: list[bytes] = []
+        self.resume_ids: dict[int, bytes] = {}  # index -> resumption id registered for it
 
     def own_parity(self, index: int) -> bool:
         return index % 2 == (1 if self.initiator else 0)
@@ -69,13 +71,13 @@ class Session:
         if owner != flow:
             return False
         self.used[index] = flow
+        if not self.own_parity(index) and index > self._peer_top:
+            self._peer_top = index
         return True
 
     def peer_next_indices(self, count: int) -> list[int]:
         """The next `count` unused indices of the peer's parity (candidates for a resumption by the peer)."""
-        start = 2 if self.initiator else 1
-        top = max((i for i in self.used if i and not self.own_parity(i)), default=start - 2)
-        return [top + 2 * k for k in range(1, count + 1)]
+        return [self._peer_top + 2 * k for k in range(1, count + 1)]
 
 
 class Connection:
@@ -101,7 +103,7 @@ class Subflow:
     __slots__ = (
         "key", "state", "initiator", "policy", "conn", "index", "tx", "rx",
         "isn_local", "isn_remote", "out_ref", "in_ref",
-        "held", "init_msg", "init_segment", "timer", "rto", "tries", "confirmed",
+        "held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "confirmed",
         "client_key", "n_c", "pub_list", "pub_cipher", "sym_cipher",
         "mptcp", "mptcp_keys", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
         "bytes_out", "bytes_in", "segments_out", "segments_in", "resume_index", "plain_reason",
@@ -119,6 +121,7 @@ class Subflow:
         self.isn_local = self.isn_remote = None
         self.out_ref = self.in_ref = 0
         self.held: list[bytes] = []
+        self.held_joins: list[bytes] = []  # join SYNs of this connection sent before its keys existed
         self.init_msg = None  # INIT1 (client) or INIT2 (server) payload, for retransmission
         self.init_segment = None
         self.timer: float | None = None

@@ -274,3 +274,22 @@ def test_a_peer_refusing_our_syn_reaches_the_application_as_a_refusal():
     assert decode(rst)[1].flags & RST
     assert pair.inject("c", rst) is Verdict.ACCEPT and pair.rx["c"] == [rst]
     assert pair.eng["c"].flow_state(("10.0.1.2", 40000), ("10.0.1.1", 5000)) is State.REFUSED
+
+
+def test_a_join_opened_before_init2_is_held_and_leaves_with_nextk1():
+    """Linux may send the MP_JOIN SYN as soon as the SYN-ACK is in, before our INIT2 arrives: the join must wait
+    for the keys instead of going out without NEXTK1 (which the peer daemon would refuse)."""
+    pair = EnginePair()
+    pair.send("c", segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options(mpc(4))))
+    lost = []
+    pair.tap = lambda p: (lost.append(p), None)[1] if b"MPTC" in p and not lost else p  # INIT1 lost: keys late
+    pair.send("s", segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK, syn_options(mpc(12, SKEY), ts=False)))
+    pair.tap = None
+    third = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK, [mpc(20, CKEY, SKEY)])
+    assert pair.send("c", third) == []
+    assert pair.send("c", join_syn()) == []  # held, not sent plain
+    pair.tick(0.25)  # INIT1 again -> INIT2 -> third ACK and the join SYN (now with NEXTK1) released in order
+    assert [decode(p)[1].flags & SYN for p in pair.rx["s"][-2:]] == [0, SYN]
+    assert pair.eng["s"].stats()["joins_refused"] == 0
+    s_opts = [o.kind for o in parse_options(decode(pair.wire[-1])[1].options)]
+    assert 253 in s_opts  # NEXTK1 on the wire
