@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a subcommand whose module is not built yet
-            if exc.name != name:
-                raise
+        except ModuleNotFoundError as exc:  # a subcommand whose package is not installed: leave it out
+            if not exc.name or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise  # a real import error inside the module
             continue
         module.register(sub)
     return parser
