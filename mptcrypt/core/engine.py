@@ -27,6 +27,9 @@ from mptcrypt.constants import (
     TCPOPT_EXP,
     TCPOPT_MPTCP,
     TCPOPT_MSS,
+    TCPOPT_EOL,
+    TCPOPT_NOP,
+    TCPOPT_SACK,
     TCPOPT_SACK_PERM,
     TCPOPT_TIMESTAMP,
     Msg,
@@ -45,7 +48,8 @@ from mptcrypt.wire import messages as m
 from mptcrypt.wire.checksum import tcp_checksum
 from mptcrypt.wire.ip import build_ip_header, rebuild_ip_header
 from mptcrypt.wire.mptcp import Subtype
-from mptcrypt.wire.tcp import ACK, FIN, PSH, RST, SYN, TCPOption, encode_options, pad_options, parse_options
+from mptcrypt.wire.tcp import (ACK, FIN, PSH, RST, SYN, TCPOLEN_SACK_BLOCK, TCPOption, encode_options, pad_options,
+                               parse_options)
 
 _TCP = struct.Struct("!HHIIHHHH")
 _CSUM = struct.Struct("!H")
@@ -74,7 +78,7 @@ COUNTERS = (
     "pk_keygen", "pk_ops", "pk_handshakes", "handshakes_completed", "resumptions", "resume_fallbacks",
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
-    "signals_split", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
+    "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
 )
 
 
@@ -202,11 +206,12 @@ class Engine:
 
     # ------------------------------------------------------------------ hot path
     def _protect(self, sf, packet, ihl, hlen, sport, dport, seq, ack, flags, window, urg, now) -> Result:
-        opt_len = hlen - TCP_HEADER_LEN
-        if opt_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE:
-            return self._no_room(sf, packet, ihl, hlen, sport, dport, seq, ack, flags, window, urg, now)
-        start = ihl + TCP_HEADER_LEN
-        options = packet[start:ihl + hlen]
+        options = packet[ihl + TCP_HEADER_LEN:ihl + hlen]
+        if len(options) + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE:
+            options = _trim_sack(options, TCP_MAX_OPTION_SPACE - MAC_OPTION_LEN)
+            if options is None:
+                return self._no_room(sf, packet, ihl, hlen, sport, dport, seq, ack, flags, window, urg, now)
+            self.counters["sack_trimmed"] += 1
         payload = packet[ihl + hlen:]
         ext_seq = extend(seq, sf.out_ref)
         ext_ack = extend(ack, sf.in_ref) if flags & ACK else 0
@@ -448,7 +453,7 @@ class Engine:
         ss = sf.conn.session.chain.ss(sf.resume_index)
         proof = ks.join_proof(ss, False, _context(sf.key, sf.isn_local))
         add = m.NextK1Resume(ks.resume_id(ss), proof).encode()
-        return self._with_options(packet, ihl, opts, add=add, strip=(TCPOPT_TIMESTAMP, TCPOPT_SACK_PERM))
+        return self._with_options(packet, ihl, opts, add=add, strip=(TCPOPT_TIMESTAMP,))
 
     def _send_join_syn(self, sf, key, packet, ihl, opts, join_opt, conn, seq, now) -> Result:
         if sf is None or sf.isn_local != seq:
@@ -522,10 +527,12 @@ class Engine:
         sf.state = transition(None, Ev.RECV_SYN_HELLO)
         return self._clean_syn(packet, ihl, opts)
 
-    def _clean_syn(self, packet, ihl, opts) -> Result:
-        """Inbound SYN for our kernel: no timestamps, no SACK-permitted, no mptcrypt option, MSS clamped."""
-        return self._with_options(packet, ihl, opts, strip=(TCPOPT_TIMESTAMP, TCPOPT_SACK_PERM, TCPOPT_EXP),
-                                  clamp=True)
+    def _clean_syn(self, packet, ihl, opts, keep_sack: bool = True) -> Result:
+        """Inbound SYN or SYN-ACK for our kernel: no timestamps (their 12 bytes go to the MAC), no mptcrypt
+        option, MSS clamped. SACK-permitted stays (loss recovery; `_protect` trims SACK blocks to fit the MAC)
+        except on joins, whose SYN-ACK has no room for it beside MP_JOIN and NEXTK2 (docs/option-budget.md)."""
+        strip = (TCPOPT_TIMESTAMP, TCPOPT_EXP) if keep_sack else (TCPOPT_TIMESTAMP, TCPOPT_EXP, TCPOPT_SACK_PERM)
+        return self._with_options(packet, ihl, opts, strip=strip, clamp=True)
 
     def _recv_join_syn(self, sf, key, packet, ihl, opts, join_opt, msg, seq, now) -> Result:
         token = bytes(join_opt[2:6])
@@ -534,7 +541,7 @@ class Engine:
             return ACCEPT  # a join of a connection we do not protect
         # RFC 8684 §3.2 lets anyone who read the keys compute MPTCP's join HMAC; NEXTK1 is what they cannot forge
         if sf is not None and sf.isn_remote == seq and sf.state is State.NEXTK1_RCVD:
-            return self._clean_syn(packet, ihl, opts)
+            return self._clean_syn(packet, ihl, opts, keep_sack=False)
         if not isinstance(msg, m.NextK1Join) or msg.index == 0 or conn.session.own_parity(msg.index):
             return self._refuse_join(key, "join SYN without a valid NEXTK1")
         ss = conn.session.chain.ss(msg.index)
@@ -555,7 +562,7 @@ class Engine:
         sf.conn = conn
         sf.state = transition(None, Ev.RECV_SYN_NEXTK1)
         self._register_resume(conn.session)
-        return self._clean_syn(packet, ihl, opts)
+        return self._clean_syn(packet, ihl, opts, keep_sack=False)
 
     def _refuse_join(self, key, why) -> Result:
         c = self.counters
@@ -1008,6 +1015,27 @@ def _mptcrypt_msg(opts):
                 return m.parse_message(o.data)
             except DecodeError:
                 return None
+    return None
+
+
+def _trim_sack(raw: bytes, limit: int) -> bytes | None:
+    """The option area with SACK blocks dropped from the end until it fits `limit` bytes (RFC 2018 §4: the first
+    block reports the most recent data, the others repeat older news), the whole SACK option if need be.
+    None when there is no SACK option to trim or the options do not fit even without it."""
+    try:
+        opts = parse_options(raw)
+    except DecodeError:
+        return None
+    sack = next((o for o in opts if o.kind == TCPOPT_SACK), None)
+    if sack is None:
+        return None
+    others = [o for o in opts if o.kind not in (TCPOPT_NOP, TCPOPT_EOL)]
+    for blocks in range(len(sack.data) // TCPOLEN_SACK_BLOCK - 1, -1, -1):
+        kept = [TCPOption(TCPOPT_SACK, sack.data[:blocks * TCPOLEN_SACK_BLOCK]) if o is sack else o for o in others
+                if o is not sack or blocks]
+        trimmed = pad_options(encode_options(kept))
+        if len(trimmed) <= limit:
+            return trimmed
     return None
 
 

@@ -22,7 +22,7 @@ def handshake(pair, mptcp=False, sport=40000, cisn=CISN, sisn=SISN):
     assert len(got) == 1
     _, h, _ = decode(got[0])
     kinds = [o.kind for o in parse_options(h.options)]
-    assert TCPOPT_TIMESTAMP not in kinds and TCPOPT_SACK_PERM not in kinds and 253 not in kinds
+    assert TCPOPT_TIMESTAMP not in kinds and 253 not in kinds and TCPOPT_SACK_PERM in kinds
     synack_opts = [o for o in syn_options(mpc(12, SKEY) if mptcp else None, ts=False)]
     synack = segment(S_ADDR, 5000, C_ADDR, sport, sisn, cisn + 1, SYN | ACK, synack_opts)
     got = pair.send("s", synack)
@@ -293,3 +293,28 @@ def test_a_join_opened_before_init2_is_held_and_leaves_with_nextk1():
     assert pair.eng["s"].stats()["joins_refused"] == 0
     s_opts = [o.kind for o in parse_options(decode(pair.wire[-1])[1].options)]
     assert 253 in s_opts  # NEXTK1 on the wire
+
+
+def test_sack_blocks_are_trimmed_to_leave_room_for_the_mac():
+    """SACK stays negotiated (loss recovery); an ACK whose DSS + SACK blocks leave no room for the MAC keeps the
+    first (most recent, RFC 2018 §4) blocks that fit, and the peer kernel gets exactly those."""
+    from mptcrypt.wire.tcp import TCPOption, sack_option
+
+    pair = mptcp_pair()
+    data_ack = TCPOption(30, bytes((0x20, 0x08)) + (5).to_bytes(8, "big"))  # DSS, 64-bit data ack only (12 bytes)
+    blocks = [(SISN + 3001, SISN + 4001), (SISN + 5001, SISN + 6001), (SISN + 7001, SISN + 8001)]
+    ack = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK, [data_ack, TCPOption(1), TCPOption(1),
+                                                                          sack_option(blocks)])
+    assert len(decode(ack)[1].options) == 40
+    (got,) = pair.send("c", ack)
+    sacks = [option_value(o) for o in parse_options(decode(got)[1].options) if o.kind == 5]
+    assert sacks == [[blocks[0]]] and pair.eng["c"].stats()["sack_trimmed"] == 1
+    assert len(decode(pair.wire[-1])[1].options) <= 40
+
+
+def test_join_syn_carries_no_sack_permitted():
+    pair = mptcp_pair()
+    (got,) = pair.send("c", join_syn())
+    kinds = [o.kind for o in parse_options(decode(pair.wire[-1])[1].options)]
+    assert TCPOPT_SACK_PERM not in kinds and TCPOPT_TIMESTAMP not in kinds and 253 in kinds
+    assert len(decode(pair.wire[-1])[1].options) <= 40
