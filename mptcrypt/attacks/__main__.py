@@ -1,5 +1,7 @@
+"""`python -m mptcrypt.attacks ...`: the same as `mptcrypt attack ...`."""
+
 import sys
 
-from mptcrypt.attacks.cli import main
+from mptcrypt.cli import main
 
-sys.exit(main())
+sys.exit(main(["attack", *sys.argv[1:]]))

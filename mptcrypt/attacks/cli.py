@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 DESCRIPTION = """\
@@ -75,19 +74,3 @@ def cmd_attack(args) -> int:
     else:
         print_table(cells, seconds, verbose=args.verbose)
     return 0 if doc["all_as_expected"] else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    from mptcrypt.errors import MptcryptError
-
-    parser = argparse.ArgumentParser(prog="python -m mptcrypt.attacks", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_attack(args)
-    except MptcryptError as exc:
-        print(f"mptcrypt: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
