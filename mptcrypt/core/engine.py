@@ -425,7 +425,7 @@ class Engine:
         if policy is Policy.OFF:
             return ACCEPT
         if sf is not None and sf.isn_local == seq and sf.state in (State.SYN_SENT_HELLO, State.SYN_SENT_NEXTK1):
-            return self._rewrite_syn(packet, ihl, opts, sf, retransmit=True)  # kernel SYN retransmission
+            return self._rewrite_syn(packet, ihl, opts, sf)  # kernel SYN retransmission
         sf = self._new_flow(key, True, policy, now)
         if sf is None:
             return ACCEPT
@@ -435,22 +435,22 @@ class Engine:
         session = self._peer_cache.get(key[2]) if self.config.resume else None
         if session is not None:
             try:
-                sf.resume_index = session.allocate()
+                sf.index = session.allocate()
             except ValueError:
                 session = None
         if session is not None:
-            sf.conn = Connection(session, sf.resume_index, resumed=True)
+            sf.resumed = True
+            sf.conn = Connection(session, sf.index, resumed=True)
             sf.state = transition(sf.state, Ev.SEND_SYN_NEXTK1)
         else:
             sf.state = transition(sf.state, Ev.SEND_SYN_HELLO)
-        return self._rewrite_syn(packet, ihl, opts, sf, retransmit=False)
+        return self._rewrite_syn(packet, ihl, opts, sf)
 
-    def _rewrite_syn(self, packet, ihl, opts, sf, retransmit) -> Result:
+    def _rewrite_syn(self, packet, ihl, opts, sf) -> Result:
         if sf.state is State.SYN_SENT_HELLO:
             return self._with_options(packet, ihl, opts, add=m.Hello().encode())
-        # resumption: our own SYN carries no timestamps/SACK (we know the peer speaks mptcrypt)
-        la, lp, ra, rp = sf.key
-        ss = sf.conn.session.chain.ss(sf.resume_index)
+        # resumption: our own SYN carries no timestamps (we know the peer speaks mptcrypt) to make room for NEXTK1
+        ss = sf.conn.session.chain.ss(sf.index)
         proof = ks.join_proof(ss, False, _context(sf.key, sf.isn_local))
         add = m.NextK1Resume(ks.resume_id(ss), proof).encode()
         return self._with_options(packet, ihl, opts, add=add, strip=(TCPOPT_TIMESTAMP,))
@@ -519,7 +519,7 @@ class Engine:
                 if hmac.compare_digest(msg.proof, ks.join_proof(ss, False, _context(_peer_view(key), seq))) \
                         and session.claim(index, key):
                     sf.conn = Connection(session, index, resumed=True)
-                    sf.resume_index = index
+                    sf.index, sf.resumed = index, True
                     sf.state = transition(None, Ev.RECV_SYN_NEXTK1)
                     self._register_resume(session)
                     return self._clean_syn(packet, ihl, opts)
@@ -587,7 +587,7 @@ class Engine:
         sf.isn_local = seq
         sf.out_ref = max(sf.out_ref, seq + 1)
         mp = _mptcp_opt(opts)
-        if st in (State.HELLO_RCVD, State.PKCONF_SENT) or (st is State.ENCRYPTING and sf.resume_index is None
+        if st in (State.HELLO_RCVD, State.PKCONF_SENT) or (st is State.ENCRYPTING and not sf.resumed
                                                           and not sf.join):
             if mp is not None and mp[0] >> 4 == MPTCPOPT_MP_CAPABLE:
                 sf.mptcp = True
@@ -596,15 +596,14 @@ class Engine:
             self._remember_mptcp_syn_key(sf, mp, local=True)
             return self._with_options(packet, ihl, opts, add=m.PkConf(tuple(self._pub_list)).encode())
         if st in (State.NEXTK1_RCVD, State.ENCRYPTING):
-            ss = sf.conn.session.chain.ss(sf.index if sf.join else sf.resume_index)
+            ss = sf.conn.session.chain.ss(sf.index)
             extra = bytes(mp[2:14]) if sf.join and mp is not None else b""
             proof = ks.join_proof(ss, True, _context(_peer_view(sf.key), sf.isn_remote) + struct.pack("!I", seq)
                                   + extra)
             if not sf.join:
                 self._remember_mptcp_syn_key(sf, mp, local=True)
             if st is State.NEXTK1_RCVD:
-                index = sf.index if sf.join else sf.resume_index
-                sf.set_keys(sf.conn, index, sf.conn.session.sym_cipher)
+                sf.set_keys(sf.conn, sf.index, sf.conn.session.sym_cipher)
                 self._keyed(sf, now, resumed=not sf.join)
             sf.state = transition(st, Ev.SEND_SYNACK_NEXTK2)
             return self._with_options(packet, ihl, opts, add=m.NextK2(proof).encode())
@@ -625,7 +624,7 @@ class Engine:
         sf.isn_remote = seq
         sf.in_ref = seq + 1
         if isinstance(msg, m.NextK2) and st is State.SYN_SENT_NEXTK1:
-            index = sf.index if sf.join else sf.resume_index
+            index = sf.index
             ss = sf.conn.session.chain.ss(index)
             extra = bytes(mp[2:14]) if sf.join and mp is not None else b""
             expect = ks.join_proof(ss, True, _context(sf.key, sf.isn_local) + struct.pack("!I", seq) + extra)
@@ -647,7 +646,7 @@ class Engine:
             if st is State.SYN_SENT_NEXTK1:
                 self.counters["resume_fallbacks"] += 1
                 self._peer_cache.pop(sf.key[2], None)
-                sf.conn = None
+                sf.conn, sf.index, sf.resumed = None, 0, False
             chosen = next((c for c in self.config.pub_ciphers if c in msg.ciphers), None)
             if chosen is None:
                 return self._plain_or_refuse(sf, packet, ihl, opts, seq, ack, "no common public-key cipher")
@@ -672,7 +671,7 @@ class Engine:
             rst_peer = _segment(la, lp, ra, rp, ack, 0, RST, b"", b"")
             return Result(Verdict.ACCEPT, rst_local, inject=[rst_peer])
         sf.state = transition(sf.state, Ev.RECV_SYNACK_PLAIN)
-        sf.conn = None  # a resumption we offered and the peer ignored: nothing of the session applies
+        sf.conn, sf.resumed = None, False  # a resumption we offered and the peer ignored: nothing of the session applies
         sf.plain_reason = why
         self.counters["fallbacks_plain"] += 1
         return ACCEPT

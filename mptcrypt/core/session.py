@@ -106,7 +106,7 @@ class Subflow:
         "held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "confirmed",
         "client_key", "n_c", "pub_list", "pub_cipher", "sym_cipher",
         "mptcp", "mptcp_keys", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
-        "bytes_out", "bytes_in", "segments_out", "segments_in", "resume_index", "plain_reason",
+        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason",
     )
 
     def __init__(self, key: FlowKey, initiator: bool, policy, now: float):
@@ -142,7 +142,7 @@ class Subflow:
         self.closed_at: float | None = None
         self.last_seen = now
         self.bytes_out = self.bytes_in = self.segments_out = self.segments_in = 0
-        self.resume_index: int | None = None
+        self.resumed = False  # keyed by NEXTK1/NEXTK2 on a new connection (index = the resumed ss[i])
         self.plain_reason = ""
 
     def set_keys(self, conn: Connection, index: int, sym_cipher) -> None:
