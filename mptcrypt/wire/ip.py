@@ -76,7 +76,8 @@ def rebuild_ip_header(header: bytes, transport_len: int) -> bytes:
     if header[0] >> 4 == 4:  # IPv4 with options
         return rebuild_ip_header(header[:IPV4_MIN_HEADER_LEN], transport_len + len(header) - IPV4_MIN_HEADER_LEN) \
             + header[IPV4_MIN_HEADER_LEN:]
-    return header[:4] + _LEN_CSUM.pack(transport_len) + header[6:]
+    # IPv6: the payload length counts any extension headers kept in `header` (RFC 8200 §3)
+    return header[:4] + _LEN_CSUM.pack(transport_len + len(header) - IPV6_HEADER_LEN) + header[6:]
 
 
 def build_ip_header(src: bytes, dst: bytes, transport_len: int, ttl: int = DEFAULT_TTL, ident: int = 0) -> bytes:
