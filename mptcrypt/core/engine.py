@@ -24,13 +24,14 @@ from mptcrypt.core.config import Config
 from mptcrypt.core.events import ACCEPT, DROP, Event, Result
 from mptcrypt.core.session import fmt_addr
 from mptcrypt.core.state import State
-from mptcrypt.core.table import COUNTERS, SWEEP_INTERVAL, Table  # noqa: F401  (COUNTERS: the public list)
+from mptcrypt.core.table import SWEEP_INTERVAL, Table
 from mptcrypt.errors import ProtocolError
 from mptcrypt.wire.mptcp import Has
 from mptcrypt.wire.segment import Segment, parse_segment
 from mptcrypt.wire.tcp import ACK, FIN, RST, SYN
 
 _ENCRYPTING = State.ENCRYPTING
+_protect, _unprotect = datapath.protect, datapath.unprotect
 
 
 class Engine:
@@ -52,7 +53,10 @@ class Engine:
             sf = self._flows.get(key)
             if sf is not None and sf.state is _ENCRYPTING and not seg.flags & SYN:
                 sf.last_seen = now
-                return self._protected(sf, seg, outbound, now)
+                if outbound:
+                    return _protect(self._t, sf, seg, now)
+                res = _unprotect(self._t, sf, seg, now)
+                return res if res is not None else handshake.recv_unauthenticated(self._t, sf, seg, now)
             return self._slow_path(sf, key, seg, outbound, now)
         except ProtocolError as exc:
             c["malformed_dropped"] += 1

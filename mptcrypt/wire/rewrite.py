@@ -81,6 +81,21 @@ def with_option_area(seg: Segment, raw: bytes) -> bytes:
     return assemble(seg.packet, seg.l4, raw, seg.payload())
 
 
+def blank_options(seg: Segment, match) -> tuple[bytes, int]:
+    """`seg`'s packet with every option `o` for which `match(o)` holds replaced by NOPs of its size (the option
+    area keeps its length), and how many were replaced."""
+    out, n = [], 0
+    for o in seg.tcp_options():
+        if match(o):
+            out.append(bytes((TCPOPT_NOP,)) * o.size)
+            n += 1
+        else:
+            out.append(o.encode())
+    if not n:
+        return seg.packet, 0
+    return with_option_area(seg, b"".join(out)), n
+
+
 def split_signals(seg: Segment, subtypes) -> tuple[bytes, bytes] | None:
     """(option area without the MPTCP signals of `subtypes`, option area of those signals), or None when the
     segment carries none. Used to move a REMOVE_ADDR / MP_PRIO / MP_FAIL to a segment of its own."""

@@ -17,32 +17,33 @@ import struct
 from mptcrypt.constants import MAC_OPTION_LEN, TCPOPT_EXP, TCPOPT_MPTCP
 from mptcrypt.errors import DecodeError
 from mptcrypt.wire import messages as m
+from mptcrypt.wire.ip import IPPROTO_TCP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN
 from mptcrypt.wire.mptcp import MptcpOption, Subtype, parse_mptcp
 from mptcrypt.wire.tcp import TCP_HEADER_LEN, TCPOption, parse_options
 
-IPPROTO_TCP = 6
-IPV4_MIN_HEADER_LEN = 20
-IPV6_HEADER_LEN = 40
-IPV4_FRAG_MASK = 0x3FFF  # MF flag + fragment offset
 # RFC 8200 §4: extension headers whose length is (byte 1 + 1) * 8 and that a router may insert or a host read
 IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_DEST_OPTS = 0, 43, 60
 IPV6_EXT_FRAGMENT = 44
 IPV6_WALKABLE = (IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_DEST_OPTS)
 IPV6_MAX_EXT_HEADERS = 8  # bound the walk (a chain of hundreds of empty headers is an attack, not a packet)
 
-_TCP = struct.Struct("!HHIIHHHH")
+_TCP_FIXED = struct.Struct("!HHIIH")  # ports, seq, ack, data offset + flags
+_U16 = struct.Struct("!H")
 _MAC_PREFIX = m.EXP_PREFIX
 
 
 class Segment:
-    """Header fields of one TCP segment; `packet` is the IP packet trimmed to its announced length."""
+    """Header fields of one TCP segment; `packet` is the IP packet trimmed to its announced length.
 
-    __slots__ = ("packet", "version", "src", "dst", "l4", "sport", "dport", "seq", "ack", "flags", "window",
-                 "urg", "data_off", "_opts", "_mptcp")
+    On the per-packet path: the fields the engine reads on every segment are set here, the window and urgent
+    pointer (read only by the segment cipher, from the bytes) and the decoded options on first use."""
 
-    def __init__(self, packet: bytes, version: int, src: bytes, dst: bytes, l4: int):
+    __slots__ = ("packet", "src", "dst", "l4", "sport", "dport", "seq", "ack", "flags", "data_off", "_opts",
+                 "_mptcp")
+
+    def __init__(self, packet: bytes, src: bytes, dst: bytes, l4: int):
         try:
-            sport, dport, seq, ack, off_flags, window, _csum, urg = _TCP.unpack_from(packet, l4)
+            self.sport, self.dport, self.seq, self.ack, off_flags = _TCP_FIXED.unpack_from(packet, l4)
         except struct.error:
             raise DecodeError(f"TCP header at offset {l4} of a {len(packet)}-byte packet is truncated") from None
         data_off = l4 + ((off_flags >> 12) << 2)
@@ -50,20 +51,23 @@ class Segment:
             raise DecodeError(f"TCP data offset {(off_flags >> 12) << 2} does not fit a {len(packet) - l4}-byte "
                               "segment")
         self.packet = packet
-        self.version = version
         self.src = src
         self.dst = dst
         self.l4 = l4
-        self.sport = sport
-        self.dport = dport
-        self.seq = seq
-        self.ack = ack
         self.flags = off_flags & 0x0FFF
-        self.window = window
-        self.urg = urg
         self.data_off = data_off
-        self._opts = None
-        self._mptcp = None
+
+    @property
+    def version(self) -> int:
+        return self.packet[0] >> 4
+
+    @property
+    def window(self) -> int:
+        return _U16.unpack_from(self.packet, self.l4 + 14)[0]
+
+    @property
+    def urg(self) -> int:
+        return _U16.unpack_from(self.packet, self.l4 + 18)[0]
 
     # --- the byte areas ---------------------------------------------------------------------------------
     @property
@@ -93,14 +97,18 @@ class Segment:
     # --- decoded options (cached) -------------------------------------------------------------------------
     def tcp_options(self) -> list[TCPOption]:
         """The option list; DecodeError when the area is not a valid option list (RFC 9293 §3.1)."""
-        if self._opts is None:
+        try:
+            return self._opts
+        except AttributeError:
             self._opts = parse_options(self.option_bytes())
-        return self._opts
+            return self._opts
 
     def mptcp(self) -> list[MptcpOption]:
         """Every MPTCP option of the segment, parsed with Linux's length checks. A suboption whose length does
         not match its subtype is left out, as Linux `mptcp_parse_option` ignores it."""
-        if self._mptcp is None:
+        try:
+            return self._mptcp
+        except AttributeError:
             out = []
             for o in self.tcp_options():
                 if o.kind == TCPOPT_MPTCP:
@@ -109,7 +117,7 @@ class Segment:
                     except DecodeError:
                         pass
             self._mptcp = out
-        return self._mptcp
+            return out
 
     def mptcp_option(self, subtype: int) -> MptcpOption | None:
         """The first MPTCP option of `subtype` (RFC 8684 allows one of each in a segment), or None."""
@@ -150,21 +158,21 @@ def parse_segment(packet: bytes) -> Segment | None:
     """The TCP segment in IP `packet`; None when the packet is not a TCP segment we can see (not IP, another
     transport, a fragment); DecodeError when it claims to be one but its headers are truncated or inconsistent."""
     n = len(packet)
-    if not n:
-        raise DecodeError("empty packet")
-    version = packet[0] >> 4
-    if version == 4:
-        if n < IPV4_MIN_HEADER_LEN:
-            raise DecodeError(f"IPv4 packet of {n} bytes is shorter than a header")
+    if n >= IPV4_MIN_HEADER_LEN and packet[0] >> 4 == 4:
         ihl = (packet[0] & 0x0F) << 2
         total = (packet[2] << 8) | packet[3]
         if ihl < IPV4_MIN_HEADER_LEN or total < ihl or total > n:
             raise DecodeError(f"IPv4 header length {ihl} / total length {total} do not fit {n} bytes")
-        if packet[9] != IPPROTO_TCP or ((packet[6] << 8) | packet[7]) & IPV4_FRAG_MASK:
+        if packet[9] != IPPROTO_TCP or packet[6] & 0x3F or packet[7]:  # another transport, or a fragment
             return None
         if total < n:
             packet = packet[:total]
-        return Segment(packet, 4, packet[12:16], packet[16:20], ihl)
+        return Segment(packet, packet[12:16], packet[16:20], ihl)
+    if not n:
+        raise DecodeError("empty packet")
+    version = packet[0] >> 4
+    if version == 4:
+        raise DecodeError(f"IPv4 packet of {n} bytes is shorter than a header")
     if version == 6:
         if n < IPV6_HEADER_LEN:
             raise DecodeError(f"IPv6 packet of {n} bytes is shorter than a header")
@@ -176,7 +184,7 @@ def parse_segment(packet: bytes) -> Segment | None:
         l4 = ipv6_transport_offset(packet)
         if l4 is None:
             return None
-        return Segment(packet, 6, packet[8:24], packet[24:40], l4)
+        return Segment(packet, packet[8:24], packet[24:40], l4)
     return None
 
 

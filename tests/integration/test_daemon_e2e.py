@@ -17,7 +17,7 @@ import time
 import pytest
 
 from mptcrypt.wire.ip import build_ip_header, parse_ip
-from mptcrypt.wire.pcap import tcp_packets
+from mptcrypt.tools.pcap import tcp_packets
 from mptcrypt.wire.mptcp import Subtype, add_addr_hmac, mptcp_token, parse_mptcp
 from mptcrypt.wire.tcp import ACK, RST, SYN, TCPHeader, TCPOption, encode_options, pad_options, parse_options, parse_tcp
 
