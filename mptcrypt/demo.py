@@ -51,7 +51,7 @@ def _pcap_summary(path: str, port: int) -> dict:
 
 
 def run(nbytes: int, console) -> int:
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo, mptcp_counters
 
     topo, *_ = load_topo(str(REPO / "topologies" / "two_path.py"))
