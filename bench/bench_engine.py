@@ -3,8 +3,9 @@
 
     .venv/bin/python bench/bench_engine.py [--n 3000] [--rounds 5] [--baseline main|PATH|none] [--json out.json]
 
-Two engines are keyed in memory (X25519, AES-128), then each case runs `--n` segments per round; the median of
-`--rounds` rounds is reported in µs per segment. The baseline tree runs in a subprocess with the same script
+Two engines are keyed in memory (X25519, AES-128), then each case handles one 1448-byte segment (or pure ACK)
+`--n` times per round (best of 5 batches, as a kernel retransmission would: same bytes, same ciphertext); the
+median of `--rounds` rounds is reported in µs per segment. The baseline tree runs in a subprocess with the same script
 (`git archive REV` into a temporary directory), the two processes alternate rounds so machine noise spreads.
 Prints a table and one JSON object. Not a test: nothing here asserts a speed.
 """
@@ -18,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+import timeit
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,24 +65,21 @@ def measure(n: int) -> dict[str, float]:
     through("s", seg(s_addr, 5000, c_addr, 40000, 900, 101, SYN | ACK, syn_opts))
     through("c", seg(c_addr, 40000, s_addr, 5000, 101, 901, ACK))
     payload = os.urandom(1448)
-    data = [seg(c_addr, 40000, s_addr, 5000, 101 + 1448 * k, 901, ACK | PSH, (), payload) for k in range(n)]
-    acks = [seg(s_addr, 5000, c_addr, 40000, 901, 101 + 1448 * k, ACK) for k in range(n)]
+    data = seg(c_addr, 40000, s_addr, 5000, 101, 901, ACK | PSH, (), payload)
+    ack = seg(s_addr, 5000, c_addr, 40000, 901, 101 + 1448, ACK)
     c, s = eng["c"], eng["s"]
-    out = {}
-    t = time.perf_counter()
-    wire = [c.handle(p, True, 1.0).packet for p in data]
-    out["protect"] = (time.perf_counter() - t) / n * 1e6
-    t = time.perf_counter()
-    got = [s.handle(p, False, 1.0) for p in wire]
-    out["verify"] = (time.perf_counter() - t) / n * 1e6
-    assert all(r.packet == p for r, p in zip(got, data)), "verify did not give back the kernel's bytes"
-    t = time.perf_counter()
-    wire = [s.handle(p, True, 1.0).packet for p in acks]
-    out["pure_ack_out"] = (time.perf_counter() - t) / n * 1e6
-    t = time.perf_counter()
-    for p in wire:
-        c.handle(p, False, 1.0)
-    out["pure_ack_in"] = (time.perf_counter() - t) / n * 1e6
+    wire_data = c.handle(data, True, 1.0).packet
+    wire_ack = s.handle(ack, True, 1.0).packet
+    assert s.handle(wire_data, False, 1.0).packet == data and c.handle(wire_ack, False, 1.0).packet == ack
+    cases = {
+        "protect": lambda: c.handle(data, True, 1.0),
+        "verify": lambda: s.handle(wire_data, False, 1.0),
+        "pure_ack_out": lambda: s.handle(ack, True, 1.0),
+        "pure_ack_in": lambda: c.handle(wire_ack, False, 1.0),
+    }
+    # the same segment again and again (a retransmission: same bytes, same ciphertext); best of 5 batches
+    out = {name: min(timeit.repeat(f, number=max(1, n // 5), repeat=5)) / max(1, n // 5) * 1e6
+           for name, f in cases.items()}
     assert s.stats()["mac_failures"] == 0 and c.stats()["mac_failures"] == 0
     return out
 

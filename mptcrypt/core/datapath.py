@@ -25,10 +25,11 @@ def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     flags = seg.flags
     ext_seq = extend(seg.seq, sf.out_ref)
     ext_ack = extend(seg.ack, sf.in_ref) if flags & ACK else 0
-    out = sf.tx.seal(seg.packet, seg.l4, ext_seq, ext_ack)
+    packet = seg.packet
+    out = sf.tx.seal(packet, seg.l4, ext_seq, ext_ack)
     if out is None:
         return _no_room(t, sf, seg, now, ext_seq, ext_ack)
-    n = seg.payload_len
+    n = len(packet) - seg.data_off
     end = ext_seq + n
     if end > sf.out_ref:
         sf.out_ref = end
@@ -45,17 +46,17 @@ def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
 def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     """The kernel packet, DROP on a MAC failure, None when the segment carries no MAC option (the caller decides:
     a duplicate INIT, or an injection)."""
-    if not seg.has_mac():
-        return None
     flags = seg.flags
     ext_seq = extend(seg.seq, sf.in_ref)
     ext_ack = extend(seg.ack, sf.out_ref) if flags & ACK else 0
     out = sf.rx.open(seg.packet, seg.l4, ext_seq, ext_ack)
     c = t.counters
     if out is None:
+        if not seg.has_mac():
+            return None
         t.count_rare("mac_failures", "mac-failure", sf.key, f"{c['mac_failures'] + 1} so far; segment dropped")
         return DROP
-    n = seg.payload_len
+    n = len(seg.packet) - seg.data_off
     end = ext_seq + n
     if end > sf.in_ref:
         sf.in_ref = end
