@@ -43,9 +43,9 @@ class Engine:
 
     def reconfigure(self, config: Config) -> None:
         """Policy, rules, ciphers and limits for what comes next (the daemon's SIGHUP); live flows keep their keys."""
-        self.config = config
-        self._pub_list = bytes(config.pub_ciphers)
-        self._sym_list = bytes(config.sym_ciphers)
+        self.config = self._t.config = config
+        self._t.pub_list = bytes(config.pub_ciphers)
+        self._t.sym_list = bytes(config.sym_ciphers)
 
     # ------------------------------------------------------------------ public surface
     def handle(self, packet: bytes, outbound: bool, now: float) -> Result:
