@@ -16,11 +16,11 @@ import pytest
 
 import mptcrypt
 from mptcrypt import api, cli
-from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.core.events import ACCEPT, Event, Result, Verdict
 from mptcrypt.daemon import control as control_mod
 from mptcrypt.daemon import iptables, nfqueue, rawsock
 from mptcrypt.daemon.cli import format_value, session_lines, session_table
+from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.daemon.control import MAX_REQUEST, ControlClient, ControlServer, peer_pid
 from mptcrypt.daemon.main import Daemon, format_ports
 from mptcrypt.daemon.nfqueue import COPY_LIMIT, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, QueueWorker, ip_total_length
