@@ -66,7 +66,7 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
         t.note_close(sf, flags, False, now)
     conn = sf.conn
     if conn.mptcp and len(conn.keys) < 2 and not sf.join:
-        mptcp.learn_keys(t, conn, parse_segment(out), outbound=False)
+        mptcp.learn_keys(t, sf, parse_segment(out), outbound=False)
     sf.bytes_in += n
     sf.segments_in += 1
     c["segments_verified"] += 1
@@ -107,7 +107,7 @@ def release(t: Table, sf: Subflow) -> list[bytes]:
     for pkt in held:
         seg = parse_segment(pkt)
         if sf.mptcp and not sf.join:
-            mptcp.learn_keys(t, sf.conn, seg, outbound=True)
+            mptcp.learn_keys(t, sf, seg, outbound=True)
         res = protect(t, sf, seg, sf.last_seen)
         if res.packet is not None:
             out.append(res.packet)

@@ -23,9 +23,11 @@ from mptcrypt.core import datapath, handshake, join, state
 from mptcrypt.core.config import Config
 from mptcrypt.core.events import ACCEPT, DROP, Event, Result
 from mptcrypt.core.session import fmt_addr
-from mptcrypt.core.state import State
+from mptcrypt.core.state import Ev, State, SynVerdict
+from mptcrypt.core.synopts import clean_syn
 from mptcrypt.core.table import SWEEP_INTERVAL, Table
 from mptcrypt.errors import ProtocolError
+from mptcrypt.wire import messages as m
 from mptcrypt.wire.mptcp import Has
 from mptcrypt.wire.segment import Segment, parse_segment
 from mptcrypt.wire.tcp import ACK, FIN, RST, SYN
@@ -144,6 +146,16 @@ class Engine:
                 if sf is None:
                     return ACCEPT
                 return handshake.send_syn_ack(t, sf, seg) if outbound else handshake.recv_syn_ack(t, sf, seg, now)
+            if not outbound and sf is not None:
+                verdict = state.judge_inbound_syn(sf, seg.seq, _offer(seg))
+                if verdict is SynVerdict.DROP:
+                    t.counters["syn_on_live_flow_dropped"] += 1
+                    t.event("syn-on-live-flow", key, "SYN replayed or forged on a protected flow dropped")
+                    return DROP
+                if verdict is SynVerdict.RETRANSMISSION:
+                    state.advance(sf, _offer(seg))
+                    return clean_syn(t, seg, keep_sack=not sf.join)
+                sf = None  # a new connection: the phase replaces the old flow
             mpj = seg.mptcp_join()
             if mpj is not None and mpj.present & Has.TOKEN:
                 if outbound:
@@ -176,6 +188,16 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- module helpers
+
+def _offer(seg: Segment):
+    """What an inbound SYN's mptcrypt option announces, as the state machine's event (None: no offer)."""
+    msg = seg.mptcrypt()
+    if isinstance(msg, m.Hello):
+        return Ev.RECV_SYN_HELLO
+    if isinstance(msg, (m.NextK1Join, m.NextK1Resume)):
+        return Ev.RECV_SYN_NEXTK1
+    return None
+
 
 def _flow_key(local: tuple[str, int], remote: tuple[str, int]) -> tuple:
     return (ipaddress.ip_address(local[0]).packed, local[1], ipaddress.ip_address(remote[0]).packed, remote[1])

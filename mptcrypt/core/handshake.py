@@ -50,13 +50,8 @@ def rewrite_syn(t: Table, seg: Segment, sf: Subflow) -> Result:
 
 
 def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, now: float) -> Result:
+    """An inbound SYN of a new connection (the engine has judged it against an existing flow: state.py)."""
     seq = seg.seq
-    if sf is not None and sf.state in state.LIVE_STATES and sf.isn_remote != seq:
-        # A new SYN on the 4-tuple of a flow we protect (or are keying): no peer does that while the connection
-        # lives; an attacker does, to switch the subflow to plain text or desynchronise it. Never replace it.
-        t.counters["syn_on_live_flow_dropped"] += 1
-        t.event("syn-on-live-flow", key, "SYN with a new ISN on a protected flow dropped")
-        return DROP
     if policy is Policy.OFF:
         return ACCEPT
     msg = seg.mptcrypt()
@@ -71,11 +66,6 @@ def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
             sf.plain_reason = "peer without mptcrypt"
             t.counters["fallbacks_plain"] += 1
         return ACCEPT
-    if sf is not None and sf.isn_remote == seq and sf.state is not None:
-        ev = Ev.RECV_SYN_NEXTK1 if state.allowed(sf.state, Ev.RECV_SYN_NEXTK1) else Ev.RECV_SYN_HELLO
-        if state.allowed(sf.state, ev):
-            state.advance(sf, ev)  # SYN retransmission
-            return clean_syn(t, seg)
     sf = t.new_flow(key, False, policy, now)
     if sf is None:
         return ACCEPT if policy is not Policy.REQUIRED else DROP

@@ -91,9 +91,6 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
         return ACCEPT  # a join of a connection we do not protect
     seq = seg.seq
     # RFC 8684 §3.2 lets anyone who read the keys compute MPTCP's join HMAC; NEXTK1 is what they cannot forge
-    if sf is not None and sf.isn_remote == seq and state.allowed(sf.state, Ev.RECV_SYN_NEXTK1):
-        state.advance(sf, Ev.RECV_SYN_NEXTK1)  # SYN retransmission
-        return clean_syn(t, seg, keep_sack=False)
     msg = seg.mptcrypt()
     if not isinstance(msg, m.NextK1Join) or msg.index == 0 or conn.session.own_parity(msg.index):
         return refuse_join(t, key, "join SYN without a valid NEXTK1")

@@ -32,6 +32,7 @@ COUNTERS = (
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
     "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
+    "token_collisions_refused",
 )
 
 
@@ -156,10 +157,17 @@ class Table:
         return entry[0]
 
     # --- connections, tokens, sessions -------------------------------------------------------------------
-    def add_token(self, conn: Connection, token: int) -> None:
+    def add_token(self, conn: Connection, token: int, key) -> bool:
+        """Map `token` to `conn`; a token another connection holds is refused and counted, never re-pointed."""
+        owner = self.tokens.get(token)
+        if owner is not None and owner is not conn:
+            self.count_rare("token_collisions_refused", "token-refused", key,
+                            f"token {token:08x} already belongs to another connection")
+            return False
         if token not in conn.tokens:
             conn.tokens.append(token)
             self.tokens[token] = conn
+        return True
 
     def keyed(self, sf: Subflow, resumed: bool) -> None:
         """A subflow got its keys: register the session for resumption (counted once the packet is handled)."""
@@ -169,7 +177,7 @@ class Table:
             conn.mptcp = True
             conn.keys.update(sf.hs.mptcp_keys)
             for k in conn.keys.values():
-                self.add_token(conn, mptcp_token(k))
+                self.add_token(conn, mptcp_token(k), sf.key)
         if not sf.join:
             self.cache_session(conn.session, sf.key[2])
             self.register_resume(conn.session)

@@ -1,0 +1,91 @@
+"""Fail-closed protection (issue 12): no path from a protected connection to plaintext, no way to re-point a join.
+Each test reproduces a finding against two (or three) in-memory engines; each failed on the engine before its fix.
+"""
+
+from mptcrypt.core.events import Verdict
+from mptcrypt.core.state import State
+from mptcrypt.wire.tcp import ACK, PSH, RST, SYN
+
+from enginepair import EnginePair
+from pktkit import C2_ADDR, C_ADDR, S2_ADDR, S_ADDR, mpc, mpj_syn, segment, syn_options, token
+from test_engine_handshake import CISN, CKEY, SISN, SKEY, handshake
+
+C_LOCAL, S_LOCAL = ("10.0.1.2", 40000), ("10.0.1.1", 5000)
+
+
+# --- 1: SYN replay -------------------------------------------------------------------------------------------
+def test_replayed_original_syn_without_hello_never_downgrades_a_live_flow():
+    """The attacker replays the subflow's own SYN (same ISN, HELLO removed) to the server and a SYN with the
+    server's ISN to the client: both flows must stay keyed, and plaintext injected afterwards must not pass."""
+    pair = EnginePair()
+    handshake(pair)
+    sid = pair.eng["c"].session_id(C_LOCAL, S_LOCAL)
+    replay_to_s = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options())
+    replay_to_c = segment(S_ADDR, 5000, C_ADDR, 40000, SISN, 0, SYN, syn_options())
+    assert pair.inject("s", replay_to_s) is Verdict.DROP
+    assert pair.inject("c", replay_to_c) is Verdict.DROP
+    assert pair.eng["s"].flow_state(S_LOCAL, C_LOCAL) is State.ENCRYPTING
+    assert pair.eng["c"].flow_state(C_LOCAL, S_LOCAL) is State.ENCRYPTING
+    assert pair.eng["c"].session_id(C_LOCAL, S_LOCAL) == sid
+    forged = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"forged plaintext")
+    assert pair.inject("s", forged) is Verdict.DROP
+    forged_rst = segment(S_ADDR, 5000, C_ADDR, 40000, SISN + 1, CISN + 1, RST | ACK)
+    assert pair.inject("c", forged_rst) is Verdict.DROP
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"still secret")
+    assert pair.send("c", data) == [data] and b"still secret" not in pair.wire[-1]
+    for e in pair.eng.values():
+        assert e.stats()["fallbacks_plain"] == 0 and e.stats()["syn_on_live_flow_dropped"] == 1
+
+
+def test_replayed_syn_with_hello_on_a_keyed_flow_is_dropped_too():
+    pair = EnginePair()
+    handshake(pair)
+    hello_syn = pair.eng["c"].handle(segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options()), True, 0.0)
+    # (the client engine answers its own retransmission; the copy on the wire is what the attacker replays)
+    assert pair.inject("s", hello_syn.packet or b"") is Verdict.DROP
+    assert pair.eng["s"].flow_state(S_LOCAL, C_LOCAL) is State.ENCRYPTING
+
+
+# --- 2: token-table poisoning -----------------------------------------------------------------------------------
+def three_hosts():
+    """A server engine shared by a victim's pair and an attacker's pair (the attacker runs its own daemon)."""
+    victim = EnginePair()
+    attacker = EnginePair(seed=77)
+    attacker.eng["s"] = victim.eng["s"]
+    attacker.rx["s"] = victim.rx["s"]
+    return victim, attacker
+
+
+def test_an_attackers_own_third_ack_cannot_point_the_victims_token_at_its_session():
+    victim, attacker = three_hosts()
+    handshake(victim, mptcp=True)
+    # the attacker's own protected MPTCP connections; their third ACKs name the victim's (sniffed) server key,
+    # as the receiver's key, then as the attacker's own (sender's) key beside the right receiver key
+    for port, skey2, keys in ((41000, b"skey2-mp", (b"akey-mpt", SKEY)), (41002, b"skey3-mp", (SKEY, b"skey3-mp"))):
+        attacker.send("c", segment(C2_ADDR, port, S_ADDR, 5000, 10, 0, SYN, syn_options(mpc(4))))
+        lost = []  # INIT1 lost once: the third ACK is held, so the attacker's engine learns its keys on release
+        attacker.tap = lambda p: (lost.append(p), None)[1] if b"MPTC" in p and not lost else p
+        attacker.send("s", segment(S_ADDR, 5000, C2_ADDR, port, 20, 11, SYN | ACK,
+                                   syn_options(mpc(12, skey2), ts=False)))
+        attacker.tap = None
+        attacker.send("c", segment(C2_ADDR, port, S_ADDR, 5000, 11, 21, ACK, [mpc(20, *keys)]))
+        attacker.tick(0.25)
+    s = victim.eng["s"]
+    # its join SYN for the victim's token, with a NEXTK1 from ITS session, must not reach the server kernel
+    before = len(victim.rx["s"])
+    join = segment(C2_ADDR, 41001, S2_ADDR, 5000, 333, 0, SYN, syn_options(mpj_syn(token(SKEY), b"NNNN")))
+    assert attacker.send("c", join) == []
+    assert len(victim.rx["s"]) == before and s.stats()["joins_refused"] == 1
+    assert s.stats().get("token_collisions_refused") == 2
+    # the victim's own join still works
+    victim.send("c", segment(C2_ADDR, 42000, S2_ADDR, 5000, 444, 0, SYN, syn_options(mpj_syn(token(SKEY), b"MMMM"))))
+    assert len(victim.rx["s"]) == before + 1 and s.stats()["joins_refused"] == 1
+
+
+def test_a_third_ack_whose_receiver_key_is_not_our_kernels_registers_nothing():
+    pair = EnginePair()
+    syn = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options(mpc(4)))
+    pair.send("c", syn)
+    pair.send("s", segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK, syn_options(mpc(12, SKEY), ts=False)))
+    pair.send("c", segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK, [mpc(20, CKEY, b"otherkey")]))
+    assert pair.eng["s"].stats()["token_collisions_refused"] == 1
