@@ -102,7 +102,7 @@ class Handshake:
     Nothing on the hot path reads it."""
 
     __slots__ = ("held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "client_key", "n_c",
-                 "pub_list", "pub_cipher", "mptcp_keys")
+                 "pub_list", "pub_cipher", "mptcp_keys", "join_syn", "resume_id")
 
     def __init__(self):
         self.held: list[bytes] = []
@@ -117,6 +117,8 @@ class Handshake:
         self.pub_list = b""
         self.pub_cipher = None
         self.mptcp_keys: dict[str, bytes] = {}  # MP_CAPABLE keys seen in the SYN/SYN-ACK, before the session exists
+        self.join_syn = b""  # the join SYN's whole MP_JOIN option, bound by NEXTK1 and NEXTK2
+        self.resume_id = b""  # a resumed connection's resume id, bound by NEXTK1 and NEXTK2
 
 
 class Subflow:

@@ -4,11 +4,11 @@ Each test reproduces a finding against two (or three) in-memory engines; each fa
 
 from mptcrypt.core.events import Verdict
 from mptcrypt.core.state import State
-from mptcrypt.wire.tcp import ACK, PSH, RST, SYN
+from mptcrypt.wire.tcp import ACK, PSH, RST, SYN, TCPOption, parse_options
 
 from enginepair import EnginePair
-from pktkit import C2_ADDR, C_ADDR, S2_ADDR, S_ADDR, mpc, mpj_syn, segment, syn_options, token
-from test_engine_handshake import CISN, CKEY, SISN, SKEY, handshake
+from pktkit import C2_ADDR, C_ADDR, S2_ADDR, S_ADDR, decode, mpc, mpj_syn, mpj_synack, segment, syn_options, token
+from test_engine_handshake import CISN, CKEY, SISN, SKEY, handshake, join_syn, mptcp_pair
 
 C_LOCAL, S_LOCAL = ("10.0.1.2", 40000), ("10.0.1.1", 5000)
 
@@ -89,3 +89,74 @@ def test_a_third_ack_whose_receiver_key_is_not_our_kernels_registers_nothing():
     pair.send("s", segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK, syn_options(mpc(12, SKEY), ts=False)))
     pair.send("c", segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK, [mpc(20, CKEY, b"otherkey")]))
     assert pair.eng["s"].stats()["token_collisions_refused"] == 1
+
+
+# --- 8: the whole MP_JOIN option is covered; issue 13: proofs survive NAT --------------------------------------
+def rewrite_join(packet: bytes, addr_id=None, backup=None) -> bytes:
+    """The join SYN with its MP_JOIN option's address id and/or backup bit changed (an on-path attacker)."""
+    _, h, payload = decode(packet)
+    opts = []
+    for o in parse_options(h.options):
+        if o.kind == 30 and o.data[0] >> 4 == 1:
+            flags = o.data[0] if backup is None else (o.data[0] & 0xFE) | int(backup)
+            o = TCPOption(30, bytes((flags, o.data[1] if addr_id is None else addr_id)) + o.data[2:])
+        opts.append(o)
+    return segment(packet[12:16], h.sport, packet[16:20], h.dport, h.seq, h.ack, h.flags, opts, payload, h.window)
+
+
+def test_an_on_path_change_of_the_join_address_id_or_backup_bit_is_refused():
+    pair = mptcp_pair()
+    syn = join_syn()
+    out = pair.eng["c"].handle(syn, True, 0.0).packet
+    for forged in (rewrite_join(out, addr_id=9), rewrite_join(out, backup=True)):
+        assert pair.inject("s", forged) is Verdict.DROP
+    assert pair.eng["s"].stats()["joins_refused"] == 2
+    assert pair.inject("s", out) is Verdict.ACCEPT  # the untouched one still joins
+
+
+class Nat:
+    """A NAT between client and server that rewrites the client's address (MASQUERADE keeping the port: the
+    protocol-v1 segment MAC still covers the ports, which docs/protocol.md §5 owns; the proofs bind neither)."""
+
+    def __init__(self):
+        self.out: dict = {}
+        self.back: dict = {}
+
+    def __call__(self, packet: bytes) -> bytes:
+        ip, h, payload = decode(packet)
+        src, dst = packet[12:16], packet[16:20]
+        if dst in (S_ADDR, S2_ADDR):
+            pub = self.out.setdefault((src, h.sport), (bytes((192, 0, 2, 1 + len(self.out))), h.sport))
+            self.back[pub] = (src, h.sport)
+            src, sport, dport = pub[0], pub[1], h.dport
+        else:
+            (dst, dport), sport = self.back[(dst, h.dport)], h.sport
+        return segment(src, sport, dst, dport, h.seq, h.ack, h.flags, parse_options(h.options), payload, h.window)
+
+
+def nat_handshake(pair, sport, pub, cisn, sisn, mptcp):
+    """SYN, SYN-ACK, third ACK with the server kernel addressing the client's public (NAT) address `pub`."""
+    pair.send("c", segment(C_ADDR, sport, S_ADDR, 5000, cisn, 0, SYN, syn_options(mpc(4) if mptcp else None)))
+    pair.send("s", segment(S_ADDR, 5000, *pub, sisn, cisn + 1, SYN | ACK,
+                           syn_options(mpc(12, SKEY) if mptcp else None, ts=False)))
+    third = segment(C_ADDR, sport, S_ADDR, 5000, cisn + 1, sisn + 1, ACK, [mpc(20, CKEY, SKEY)] if mptcp else [])
+    return pair.send("c", third)
+
+
+def test_joins_and_resumption_work_through_a_nat_that_rewrites_the_client_address():
+    pair = EnginePair()
+    pair.tap = Nat()
+    assert len(nat_handshake(pair, 40000, (bytes((192, 0, 2, 1)), 40000), CISN, SISN, mptcp=True)) == 1
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"through the nat")
+    (got,) = pair.send("c", data)
+    assert decode(got)[2] == b"through the nat"
+    assert pair.send("c", join_syn()) != []  # NEXTK1 verifies although the server sees another address and port
+    synack = segment(S2_ADDR, 5000, bytes((192, 0, 2, 2)), 41000, 444, 334, SYN | ACK,
+                     syn_options(mpj_synack(b"h" * 8, b"RRRR"), ts=False))
+    assert pair.send("s", synack) != []  # NEXTK2 verifies at the client
+    for e in pair.eng.values():
+        assert e.stats()["joins_protected"] == 1 and e.stats()["joins_refused"] == 0
+    # a second connection resumes through the NAT
+    assert len(nat_handshake(pair, 40002, (bytes((192, 0, 2, 3)), 40002), 5, 9, mptcp=False)) == 1
+    for e in pair.eng.values():
+        assert e.stats()["resumptions"] == 1 and e.stats()["pk_ops"] == 1
