@@ -10,7 +10,7 @@ from mptcrypt.constants import NONCE_LEN, TCPOPT_TIMESTAMP, Msg, PubCipher, SymC
 from mptcrypt.core import datapath, join, mptcp, state
 from mptcrypt.core.config import Policy
 from mptcrypt.core.events import ACCEPT, DROP, Result, Verdict
-from mptcrypt.core.session import Connection, Session, Subflow
+from mptcrypt.core.session import Connection, Session, Subflow, fmt_addr
 from mptcrypt.core.state import Ev
 from mptcrypt.core.synopts import clean_syn, rewritten
 from mptcrypt.core.table import Table
@@ -21,7 +21,7 @@ from mptcrypt.wire import messages as m
 from mptcrypt.wire.mptcp import Subtype, mptcp_token
 from mptcrypt.wire.rewrite import daemon_segment, rst_to_local, rst_to_peer
 from mptcrypt.wire.segment import Segment
-from mptcrypt.wire.tcp import ACK, PSH, RST
+from mptcrypt.wire.tcp import ACK, FIN, PSH, RST, SYN
 
 
 # --- SYN ---------------------------------------------------------------------------------------------------
@@ -32,8 +32,8 @@ def send_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
     if sf is not None and sf.isn_local == seq and sf.state in state.SYN_SENT:
         return rewrite_syn(t, seg, sf)  # kernel SYN retransmission
     sf = t.new_flow(key, True, policy, now)
-    if sf is None:
-        return ACCEPT
+    if sf is None:  # table full: never a plain connection where protection is required
+        return DROP if policy is Policy.REQUIRED else ACCEPT
     if join.offer_resume(t, sf) is None:
         state.advance(sf, Ev.SEND_SYN_HELLO)
     sf.isn_local = seq
@@ -78,6 +78,32 @@ def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
             return res
     state.advance(sf, Ev.RECV_SYN_HELLO)
     return clean_syn(t, seg)
+
+
+# --- segments of flows the table does not know -------------------------------------------------------------
+def unknown_flow(t: Table, key, seg: Segment, outbound: bool) -> Result:
+    """A segment (not a SYN) of a flow the table does not know: a connection older than the daemon, one the table
+    forgot, or a forged one. Under `required`, or when the 4-tuple was protected (a tombstone) or the segment
+    carries a MAC, it is dropped and the local kernel's connection reset: never continued in clear, never handed
+    ciphertext as if it were data (PROTOCOL.md invariant 6)."""
+    la, lp, ra, rp = key
+    peer = fmt_addr(ra)
+    cfg = t.config
+    if key in t.tombstones:
+        why = "a protected flow the table forgot"
+    elif not outbound and seg.has_mac():
+        why = "a protected segment of a flow we do not know (e.g. after a daemon restart)"
+    elif Policy.REQUIRED in (cfg.policy_for(peer, rp), cfg.policy_for(peer, lp)):
+        why = "an unknown flow on a port where protection is required"
+    else:
+        return ACCEPT
+    t.count_rare("unknown_flow_dropped", "unknown-flow", key, why + "; dropped, local connection reset")
+    if seg.flags & RST:
+        return DROP
+    end = seg.seq + seg.payload_len + bool(seg.flags & FIN) + bool(seg.flags & SYN)
+    # the local kernel takes a RST whose seq is its rcv_nxt: the ack it sends, or the seq it receives
+    rst = rst_to_local(key, seg.ack, end) if outbound else rst_to_local(key, seg.seq, seg.ack)
+    return Result(Verdict.DROP, inject=[rst])
 
 
 # --- SYN-ACK -----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from mptcrypt.wire.mptcp import mptcp_token
 from mptcrypt.wire.tcp import RST
 
 RESUME_WINDOW = 4  # resumption ids registered ahead per cached session
+MAX_TOMBSTONES = 65536  # 4-tuples of protected flows the table forgot (each ~100 bytes)
 SWEEP_INTERVAL = 1.0
 MAX_EVENTS = 1024
 
@@ -32,14 +33,19 @@ COUNTERS = (
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
     "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
-    "token_collisions_refused",
+    "token_collisions_refused", "idle_kept_alive",
 )
 
 
 class Table:
-    def __init__(self, config: Config, random):
+    def __init__(self, config: Config, random, socket_alive=None):
         self.config = config
         self.random = random
+        # socket_alive(keys) -> the subset of flow keys whose socket the local kernel still has (the daemon asks
+        # sock_diag); None: no kernel to ask (tests), idle flows are reclaimed on the idle timeout alone
+        self.socket_alive = socket_alive
+        # protected flows the table forgot while they were open: their 4-tuples never continue in clear
+        self.tombstones: OrderedDict[tuple, None] = OrderedDict()
         self.flows: dict[tuple, Subflow] = {}
         self.tokens: dict[int, Connection] = {}  # MPTCP token (RFC 8684 §3.2, 32-bit int) -> connection
         self.pending_joins: dict[int, Subflow] = {}  # token -> first subflow still waiting for INIT2
@@ -78,12 +84,18 @@ class Table:
                 return None
         sf = Subflow(key, initiator, policy, now)
         self.flows[key] = sf
+        self.tombstones.pop(key, None)  # a new connection (SYN) on the 4-tuple
         if len(self.flows) > self.counters["flows_tracked_max"]:
             self.counters["flows_tracked_max"] = len(self.flows)
         return sf
 
     def drop_flow(self, sf: Subflow) -> None:
         self.flows.pop(sf.key, None)
+        if sf.tx is not None and sf.closed_at is None:  # forgotten while protected and open
+            self.tombstones[sf.key] = None
+            self.tombstones.move_to_end(sf.key)
+            while len(self.tombstones) > MAX_TOMBSTONES:
+                self.tombstones.popitem(last=False)
         for token in [t for t, first in self.pending_joins.items() if first is sf]:
             del self.pending_joins[token]
         self.timed.discard(sf)
@@ -97,12 +109,28 @@ class Table:
 
     def sweep(self, now: float) -> None:
         cfg = self.config
+        idle = []
         for sf in list(self.flows.values()):
             if (sf.closed_at is not None and now - sf.closed_at > cfg.closed_linger) or \
-                    now - sf.last_seen > cfg.idle_timeout or \
                     (sf.state in state.DEAD and now - sf.last_seen > cfg.closed_linger):
-                self.drop_flow(sf)
-                self.counters["connections_reclaimed"] += 1
+                self.reclaim(sf)
+            elif now - sf.last_seen > cfg.idle_timeout:
+                idle.append(sf)
+        if not idle:
+            return
+        # an idle protected connection is never reclaimed while the kernel still has its socket (ssh sessions and
+        # connection pools idle far longer than idle_timeout); forgetting it would leave it nothing but a reset
+        alive = self.socket_alive([sf.key for sf in idle]) if self.socket_alive is not None else ()
+        for sf in idle:
+            if sf.key in alive:
+                sf.last_seen = now
+                self.counters["idle_kept_alive"] += 1
+            else:
+                self.reclaim(sf)
+
+    def reclaim(self, sf: Subflow) -> None:
+        self.drop_flow(sf)
+        self.counters["connections_reclaimed"] += 1
 
     def note_close(self, sf: Subflow, flags: int, outbound: bool, now: float) -> None:
         if flags & RST:

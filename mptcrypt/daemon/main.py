@@ -73,7 +73,9 @@ def make_engine(config: Config):
         if exc.name not in ("mptcrypt.core.engine",):
             raise
         raise MptcryptError("this mptcrypt build has no protocol engine (mptcrypt.core.engine is missing)") from None
-    return Engine(config)
+    from mptcrypt.daemon.sockdiag import sockets_alive
+
+    return Engine(config, socket_alive=sockets_alive)
 
 
 def _addr(value, what: str) -> tuple[str, int]:
@@ -205,6 +207,15 @@ class Daemon:
                     log.debug("counters: %s", " ".join(f"{k}={v}" for k, v in last_counters.items() if v))
 
     def _shutdown(self, rules, worker, raw, control, selector) -> None:
+        if rules is not None and rules.installed and worker is not None and hasattr(self.engine, "shutdown"):
+            try:  # open protected connections are reset, never continued in clear once the rules are gone
+                resets = self.engine.shutdown()
+                worker.inject(resets)
+                if resets:
+                    log.info("reset %d protected connection(s) that cannot continue without the daemon",
+                             len(resets) // 2)
+            except Exception as exc:
+                log.warning("while resetting protected connections at shutdown: %s", exc)
         if rules is not None:
             try:
                 rules.remove()

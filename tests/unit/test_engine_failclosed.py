@@ -2,6 +2,7 @@
 Each test reproduces a finding against two (or three) in-memory engines; each failed on the engine before its fix.
 """
 
+from mptcrypt.core.config import Config, Policy
 from mptcrypt.core.events import Verdict
 from mptcrypt.core.state import State
 from mptcrypt.wire.tcp import ACK, PSH, RST, SYN, TCPOption, parse_options
@@ -160,3 +161,82 @@ def test_joins_and_resumption_work_through_a_nat_that_rewrites_the_client_addres
     assert len(nat_handshake(pair, 40002, (bytes((192, 0, 2, 3)), 40002), 5, 9, mptcp=False)) == 1
     for e in pair.eng.values():
         assert e.stats()["resumptions"] == 1 and e.stats()["pk_ops"] == 1
+
+
+# --- 3: forgotten flows --------------------------------------------------------------------------------------------
+def is_rst_for(packet: bytes, dst: bytes) -> bool:
+    _, h, _ = decode(packet)
+    return bool(h.flags & RST) and packet[16:20] == dst
+
+
+def test_required_drops_unknown_established_segments_and_resets_the_local_connection():
+    """A connection older than the daemon (or its state lost) on a port where protection is required."""
+    from mptcrypt.core.engine import Engine
+
+    eng = Engine(Config(policy=Policy.REQUIRED))
+    out = segment(C_ADDR, 40000, S_ADDR, 5000, 100, 200, ACK | PSH, [], b"would leave in clear")
+    r = eng.handle(out, True, 0.0)
+    assert r.verdict is Verdict.DROP and len(r.inject) == 1 and is_rst_for(r.inject[0], C_ADDR)
+    assert decode(r.inject[0])[1].seq == 200  # the local kernel's rcv_nxt: in window
+    inbound = segment(S_ADDR, 5000, C_ADDR, 40000, 200, 100, ACK | PSH, [], b"would arrive in clear")
+    r = eng.handle(inbound, False, 0.0)
+    assert r.verdict is Verdict.DROP and is_rst_for(r.inject[0], C_ADDR)
+    assert eng.stats()["unknown_flow_dropped"] == 2
+
+
+def test_a_protected_flow_the_table_forgot_never_continues_in_clear():
+    pair = EnginePair()
+    handshake(pair)
+    pair.tick(Config().idle_timeout + 2)  # idle: reclaimed (no kernel to ask in memory)
+    assert pair.eng["c"].stats()["flows"] == 0
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"after the idle period")
+    r = pair.eng["c"].handle(data, True, pair.now)
+    assert r.verdict is Verdict.DROP and is_rst_for(r.inject[0], C_ADDR)
+    assert all(b"after the idle period" not in p for p in pair.wire)
+
+
+def test_an_idle_flow_whose_socket_the_kernel_still_has_is_kept():
+    asked = []
+
+    def alive(keys):
+        asked.extend(keys)
+        return set(keys)
+
+    pair = EnginePair()
+    from mptcrypt.core.engine import Engine
+
+    pair.eng = {side: Engine(Config(), random=e._t.random, socket_alive=alive) for side, e in pair.eng.items()}
+    handshake(pair)
+    pair.tick(Config().idle_timeout + 2)
+    assert asked and pair.eng["c"].stats()["flows"] == 1 and pair.eng["c"].stats()["idle_kept_alive"] == 1
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"hours later")
+    assert pair.send("c", data) == [data] and b"hours later" not in pair.wire[-1]
+
+
+def test_a_restarted_daemon_resets_the_protected_connections_it_cannot_continue():
+    from mptcrypt.core.engine import Engine
+
+    pair = EnginePair()
+    handshake(pair)
+    pair.eng["s"] = Engine(Config())  # the server daemon restarted: its state is gone
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"secret")
+    wire = pair.eng["c"].handle(data, True, 0.0).packet
+    r = pair.eng["s"].handle(wire, False, 0.0)
+    assert r.verdict is Verdict.DROP and is_rst_for(r.inject[0], S_ADDR)
+
+
+def test_shutdown_resets_open_protected_connections_on_both_sides():
+    pair = EnginePair()
+    handshake(pair)
+    local, peer = pair.eng["c"].shutdown()
+    assert is_rst_for(local, C_ADDR)
+    got = pair.eng["s"].handle(peer, False, 0.0)  # protected: the peer daemon lets it through
+    assert got.verdict is Verdict.ACCEPT and is_rst_for(got.packet, S_ADDR)
+
+
+def test_a_full_table_under_required_refuses_instead_of_going_plain():
+    from mptcrypt.core.engine import Engine
+
+    eng = Engine(Config(policy=Policy.REQUIRED, max_connections=1))
+    assert eng.handle(segment(C_ADDR, 1, S_ADDR, 5000, 1, 0, SYN, syn_options()), True, 0.0).verdict is Verdict.ACCEPT
+    assert eng.handle(segment(C_ADDR, 2, S_ADDR, 5000, 1, 0, SYN, syn_options()), True, 0.0).verdict is Verdict.DROP
