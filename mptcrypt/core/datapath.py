@@ -12,6 +12,7 @@ from mptcrypt.core import mptcp
 from mptcrypt.core.events import DROP, Result, Verdict
 from mptcrypt.core.session import Subflow, extend
 from mptcrypt.core.table import Table
+from mptcrypt.errors import DecodeError
 from mptcrypt.wire import rewrite
 from mptcrypt.wire.mptcp import Subtype
 from mptcrypt.wire.segment import Segment, parse_segment
@@ -25,6 +26,8 @@ def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     flags = seg.flags
     ext_seq = extend(seg.seq, sf.out_ref)
     ext_ack = extend(seg.ack, sf.in_ref) if flags & ACK else 0
+    if ext_seq < 0 or ext_ack < 0:
+        raise DecodeError("sequence or acknowledgement number before the connection's ISN")
     packet = seg.packet
     out = sf.tx.seal(packet, seg.l4, ext_seq, ext_ack)
     if out is None:
@@ -49,6 +52,8 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     flags = seg.flags
     ext_seq = extend(seg.seq, sf.in_ref)
     ext_ack = extend(seg.ack, sf.out_ref) if flags & ACK else 0
+    if ext_seq < 0 or ext_ack < 0:
+        raise DecodeError("sequence or acknowledgement number before the connection's ISN")
     out = sf.rx.open(seg.packet, seg.l4, ext_seq, ext_ack)
     c = t.counters
     if out is None:

@@ -125,23 +125,32 @@ def _jumps_to(parts: list[str], chains: set[str]) -> bool:
 class Rules:
     """The daemon's rules in this network namespace for IPv4 and, when ip6tables exists, IPv6."""
 
-    def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False):
+    def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
+                 require_ipv6: bool = False):
+        """`require_ipv6`: a policy requires protection, so IPv6 traffic the kernel carries must be intercepted
+        too: without ip6tables the daemon refuses to start instead of leaving IPv6 in clear."""
         self.queue_num = queue_num
         self.ports = ports
         self.fail_open = fail_open
-        self.families = self._families()
+        self.families = self._families(require_ipv6)
         self.installed: list[Family] = []
 
     @staticmethod
-    def _families() -> list[Family]:
+    def _families(require_ipv6: bool = False) -> list[Family]:
         if not (shutil.which(IPV4.save) and shutil.which(IPV4.restore)):
             raise KernelFeatureError(
                 "iptables is not installed (iptables-save / iptables-restore not found on PATH): "
                 "install the iptables package (e.g. `apt install iptables`)"
             )
         families = [IPV4]
-        if shutil.which(IPV6.save) and shutil.which(IPV6.restore) and os.path.exists("/proc/sys/net/ipv6"):
+        kernel_ipv6 = os.path.exists("/proc/sys/net/ipv6")
+        if shutil.which(IPV6.save) and shutil.which(IPV6.restore) and kernel_ipv6:
             families.append(IPV6)
+        elif kernel_ipv6 and require_ipv6:
+            raise KernelFeatureError(
+                "policy `required` but ip6tables-save / ip6tables-restore are not on PATH: IPv6 connections would "
+                "leave in clear; install ip6tables (the iptables package) or disable IPv6"
+            )
         else:
             log.warning("ip6tables or kernel IPv6 support missing: IPv6 traffic is not intercepted")
         return families

@@ -28,7 +28,7 @@ import time
 
 from mptcrypt import __version__
 from mptcrypt.constants import CONTROL_SOCKET
-from mptcrypt.core.config import Config
+from mptcrypt.core.config import Config, Policy
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.nfqueue import QueueWorker
@@ -157,7 +157,8 @@ class Daemon:
             raw = RawSocket()
             worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
             worker.bind()
-            rules = Rules(config.queue_num, config.ports, config.fail_open)
+            required = config.policy is Policy.REQUIRED or any(r.policy is Policy.REQUIRED for r in config.rules)
+            rules = Rules(config.queue_num, config.ports, config.fail_open, require_ipv6=required)
             rules.install()  # last: from here on packets are queued, and we are listening
             control.attach(selector)
             selector.register(worker.fileno(), selectors.EVENT_READ, lambda _mask: worker.read())

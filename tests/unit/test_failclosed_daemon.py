@@ -1,0 +1,23 @@
+"""The daemon side of fail-closed protection (issue 12): refuse to start where IPv6 would leave in clear."""
+
+import pytest
+
+from mptcrypt.daemon import iptables
+from mptcrypt.errors import KernelFeatureError
+
+
+def without_ip6tables(monkeypatch):
+    real = iptables.shutil.which
+    monkeypatch.setattr(iptables.shutil, "which", lambda name: None if name.startswith("ip6") else real(name) or name)
+    monkeypatch.setattr(iptables.os.path, "exists", lambda path: True)
+
+
+def test_missing_ip6tables_under_required_refuses_to_start(monkeypatch):
+    without_ip6tables(monkeypatch)
+    with pytest.raises(KernelFeatureError, match="ip6tables"):
+        iptables.Rules(4242, require_ipv6=True)
+
+
+def test_missing_ip6tables_under_opportunistic_is_a_warning(monkeypatch):
+    without_ip6tables(monkeypatch)
+    assert [f.name for f in iptables.Rules(4242).families] == [iptables.IPV4.name]
