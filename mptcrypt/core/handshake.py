@@ -188,6 +188,8 @@ def recv_before_keys(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
         sf.plain_reason = "refused by the peer (RST)"
         return ACCEPT  # "connection refused" for the application: an on-path attacker could drop the SYN anyway
     marker = seg.marker()
+    if marker is not None and not init_in_sequence(t, sf, seg):
+        return DROP
     if marker == Msg.INIT1 and state.allowed(sf.state, Ev.RECV_INIT1):
         return recv_init1(t, sf, seg, now)
     if marker == Msg.INIT2 and state.allowed(sf.state, Ev.RECV_INIT2):
@@ -199,12 +201,24 @@ def recv_before_keys(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
 def recv_unauthenticated(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     """An inbound segment without a MAC on a protected flow: a duplicate INIT, or an injection."""
     marker = seg.marker()
+    if marker is not None and not init_in_sequence(t, sf, seg):
+        return DROP
     if marker == Msg.INIT1 and not sf.initiator:
         return recv_init1(t, sf, seg, now)
     if marker == Msg.INIT2 and sf.initiator:
         return DROP  # duplicate INIT2: our keys are already in place
     t.counters["unauthenticated_dropped"] += 1
     return DROP
+
+
+def init_in_sequence(t: Table, sf: Subflow, seg: Segment) -> bool:
+    """An INIT segment sits right after both SYNs (its seq is the sender's ISN + 1, its ack ours + 1): a blind
+    attacker who knows only the 4-tuple cannot inject one to kill or hijack the handshake (issue 12 item 7)."""
+    if sf.isn_remote is not None and sf.isn_local is not None and seg.flags & ACK \
+            and seg.seq == (sf.isn_remote + 1) & 0xFFFFFFFF and seg.ack == (sf.isn_local + 1) & 0xFFFFFFFF:
+        return True
+    t.count_rare("init_out_of_sequence", "bad-init", sf.key, "INIT segment whose seq/ack do not follow the SYNs")
+    return False
 
 
 def _init_segment(sf: Subflow, marker: int, msg: bytes) -> bytes:

@@ -33,7 +33,7 @@ COUNTERS = (
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
     "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
-    "token_collisions_refused", "idle_kept_alive",
+    "token_collisions_refused", "idle_kept_alive", "init_out_of_sequence",
 )
 
 

@@ -6,8 +6,8 @@ mptcrypt message are decoded on first use and cached. Offsets are absolute in `p
 `l4`, its options at `l4 + 20`, the payload at `data_off`.
 
 IPv4: the packet is trimmed to the IP total length; fragments are not segments (None). IPv6: the extension
-header chain (RFC 8200 §4) is walked to TCP; a fragment or an ESP/AH/unknown header before TCP is None
-(`Segment` cannot see the TCP header), a truncated chain is a DecodeError.
+header chain (RFC 8200 §4) is walked to TCP; another transport is None; a Fragment, ESP or AH header before
+TCP, or a truncated chain, is a DecodeError (the engine drops it: it cannot verify what it cannot see).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from mptcrypt.wire.tcp import TCP_HEADER_LEN, TCPOption, parse_options
 
 # RFC 8200 §4: extension headers whose length is (byte 1 + 1) * 8 and that a router may insert or a host read
 IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_DEST_OPTS = 0, 43, 60
-IPV6_EXT_FRAGMENT = 44
+IPV6_EXT_FRAGMENT, IPV6_ESP, IPV6_AH = 44, 50, 51
 IPV6_WALKABLE = (IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_DEST_OPTS)
+# headers that may hide a TCP header we cannot verify: a segment behind them is dropped, never passed
+IPV6_OPAQUE = (IPV6_EXT_FRAGMENT, IPV6_ESP, IPV6_AH)
 IPV6_MAX_EXT_HEADERS = 8  # bound the walk (a chain of hundreds of empty headers is an attack, not a packet)
 
 _TCP_FIXED = struct.Struct("!HHIIH")  # ports, seq, ack, data offset + flags
@@ -190,12 +192,16 @@ def parse_segment(packet: bytes) -> Segment | None:
 
 def ipv6_transport_offset(packet: bytes) -> int | None:
     """Offset of the TCP header behind the IPv6 header and its extension headers (Hop-by-Hop, Routing,
-    Destination Options), None when another transport or a header we cannot walk (Fragment, ESP, AH) comes
-    first; DecodeError when the chain runs past the packet or is absurdly long."""
+    Destination Options), None when another transport comes first; DecodeError when a header we cannot look
+    behind (Fragment, ESP, AH) comes first, or the chain runs past the packet or is absurdly long: the NFQUEUE
+    rules only queue TCP, so such a packet may be a protected flow's segment dressed up to skip the MAC check
+    (issue 12 item 4) and is dropped."""
     nxt, off = packet[6], IPV6_HEADER_LEN
     for _ in range(IPV6_MAX_EXT_HEADERS + 1):
         if nxt == IPPROTO_TCP:
             return off
+        if nxt in IPV6_OPAQUE:
+            raise DecodeError(f"IPv6 header {nxt} before the transport: cannot verify what it carries")
         if nxt not in IPV6_WALKABLE:
             return None
         if off + 2 > len(packet):

@@ -2,6 +2,8 @@
 Each test reproduces a finding against two (or three) in-memory engines; each failed on the engine before its fix.
 """
 
+import struct
+
 from mptcrypt.core.config import Config, Policy
 from mptcrypt.core.events import Verdict
 from mptcrypt.core.state import State
@@ -240,3 +242,57 @@ def test_a_full_table_under_required_refuses_instead_of_going_plain():
     eng = Engine(Config(policy=Policy.REQUIRED, max_connections=1))
     assert eng.handle(segment(C_ADDR, 1, S_ADDR, 5000, 1, 0, SYN, syn_options()), True, 0.0).verdict is Verdict.ACCEPT
     assert eng.handle(segment(C_ADDR, 2, S_ADDR, 5000, 1, 0, SYN, syn_options()), True, 0.0).verdict is Verdict.DROP
+
+
+# --- 4: IPv6 extension headers ---------------------------------------------------------------------------------
+V6_C = bytes.fromhex("20010db8000000000000000000000002")
+V6_S = bytes.fromhex("20010db8000000000000000000000001")
+
+
+def with_ext_headers(packet: bytes, *headers: int) -> bytes:
+    """The IPv6 `packet` with 8-byte extension headers of the given types (Hop-by-Hop 0, Destination Options 60,
+    Fragment 44...) inserted before TCP; payload length fixed."""
+    body, nxt = packet[40:], packet[6]
+    for h in reversed(headers):
+        body = bytes((nxt, 0, 1, 4, 0, 0, 0, 0)) + body  # next header, length 0 (8 bytes), PadN
+        nxt = h
+    return packet[:4] + struct.pack("!HB", len(body), nxt) + packet[7:40] + body
+
+
+def v6_established():
+    pair = EnginePair()
+    pair.send("c", segment(V6_C, 40000, V6_S, 5000, CISN, 0, SYN, syn_options()))
+    pair.send("s", segment(V6_S, 5000, V6_C, 40000, SISN, CISN + 1, SYN | ACK, syn_options(ts=False)))
+    third = segment(V6_C, 40000, V6_S, 5000, CISN + 1, SISN + 1, ACK)
+    assert pair.send("c", third) == [third]
+    return pair
+
+
+def test_ipv6_extension_headers_do_not_bypass_the_mac():
+    pair = v6_established()
+    forged = with_ext_headers(segment(V6_C, 40000, V6_S, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"forged"), 0, 60)
+    assert pair.inject("s", forged) is Verdict.DROP
+    assert pair.inject("s", with_ext_headers(forged[:40] + forged[56:], 44)) is Verdict.DROP  # a fragment header
+    # the kernel's own segment with a Hop-by-Hop header is protected and verified as any other
+    data = with_ext_headers(segment(V6_C, 40000, V6_S, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"hbh data"), 0)
+    (got,) = pair.send("c", data)
+    assert got == data and b"hbh data" not in pair.wire[-1]
+    assert pair.eng["s"].stats()["segments_verified"] >= 2
+
+
+# --- 7: INIT1 / INIT2 only right after the SYNs ----------------------------------------------------------------------
+def test_blind_init_injection_is_ignored_and_the_handshake_completes():
+    pair = EnginePair()
+    pair.send("c", segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options()))
+    lost = []
+    pair.tap = lambda p: (lost.append(p), None)[1] if b"MPTC" in p and not lost else p  # hold the real INIT1 back
+    pair.send("s", segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK, syn_options(ts=False)))
+    pair.tap = None
+    (init1,) = lost
+    _, h, payload = decode(init1)
+    for seq, ack in ((h.seq + 1000, h.ack), (h.seq, h.ack + 7)):  # a blind attacker guesses the numbers
+        forged = segment(C_ADDR, 40000, S_ADDR, 5000, seq, ack, h.flags, parse_options(h.options), payload)
+        assert pair.inject("s", forged) is Verdict.DROP
+    assert pair.eng["s"].stats()["pk_ops"] == 0 and pair.eng["s"].stats()["init_out_of_sequence"] == 2
+    pair.tick(0.25)  # the real INIT1 (retransmitted) still completes the handshake
+    assert pair.eng["c"].session_id(C_LOCAL, S_LOCAL) == pair.eng["s"].session_id(S_LOCAL, C_LOCAL) is not None
