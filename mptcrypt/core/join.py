@@ -70,8 +70,10 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     seq = seg.seq
     # RFC 8684 §3.2 lets anyone who read the keys compute MPTCP's join HMAC; NEXTK1 is what they cannot forge
     msg = seg.mptcrypt()
-    if not isinstance(msg, m.NextK1Join) or msg.index == 0 or conn.session.own_parity(msg.index):
+    if not isinstance(msg, m.NextK1Join):
         return refuse_join(t, key, "join SYN without a valid NEXTK1")
+    if not conn.session.in_join_window(msg.index):  # before any key work
+        return refuse_join(t, key, f"join SYN with key index {msg.index} outside the window")
     ss = conn.session.chain.ss(msg.index)
     join_syn = mp_join_bytes(mpj)
     expect = ks.join_proof(ss, False, ks.nextk1_join_context(seq, msg.index, join_syn))

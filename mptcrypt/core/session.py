@@ -10,6 +10,7 @@ from mptcrypt.crypto.segment import SegmentCipher
 from mptcrypt.core.state import State
 
 FlowKey = tuple  # (local addr bytes, local port, remote addr bytes, remote port)
+JOIN_WINDOW = 32  # join indices of the peer accepted past the highest it used
 
 
 def extend(seq32: int, ref: int) -> int:
@@ -75,6 +76,13 @@ class Session:
             self._peer_top = index
         return True
 
+    def in_join_window(self, index: int) -> bool:
+        """A peer's join index we are willing to compute keys for: of its parity, unused, at most JOIN_WINDOW of
+        its indices past the highest it used (each index costs one HMAC forward from the last; an index of 0xFFFF
+        would cost 65,535 and megabytes before the proof is even checked: issue 12 item 6)."""
+        return 0 < index <= KeyChain.MAX_INDEX and not self.own_parity(index) and index not in self.used \
+            and index <= self._peer_top + 2 * JOIN_WINDOW
+
     def peer_next_indices(self, count: int) -> list[int]:
         """The next `count` unused indices of the peer's parity (candidates for a resumption by the peer)."""
         return [self._peer_top + 2 * k for k in range(1, count + 1)]
@@ -129,7 +137,7 @@ class Subflow:
         "key", "state", "initiator", "policy", "conn", "index", "tx", "rx",
         "isn_local", "isn_remote", "out_ref", "in_ref", "confirmed", "hs",
         "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
-        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops",
+        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops", "created",
     )
 
     def __init__(self, key: FlowKey, initiator: bool, policy, now: float):
@@ -152,6 +160,7 @@ class Subflow:
         self.fin_out = self.fin_in = False
         self.closed_at: float | None = None
         self.last_seen = now
+        self.created = now
         self.bytes_out = self.bytes_in = self.segments_out = self.segments_in = 0
         self.resumed = False  # keyed by NEXTK1/NEXTK2 on a new connection (index = the resumed ss[i])
         self.plain_reason = ""

@@ -23,6 +23,7 @@ from mptcrypt.wire.tcp import RST
 
 RESUME_WINDOW = 4  # resumption ids registered ahead per cached session
 MAX_TOMBSTONES = 65536  # 4-tuples of protected flows the table forgot (each ~100 bytes)
+HALF_OPEN_TIMEOUT = 75.0  # a flow still before keys is reclaimed after this long (Linux SYN-RECV: ~63 s)
 SWEEP_INTERVAL = 1.0
 MAX_EVENTS = 1024
 
@@ -33,7 +34,7 @@ COUNTERS = (
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
     "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
-    "token_collisions_refused", "idle_kept_alive", "init_out_of_sequence",
+    "token_collisions_refused", "idle_kept_alive", "init_out_of_sequence", "half_open_evicted",
 )
 
 
@@ -46,6 +47,7 @@ class Table:
         self.socket_alive = socket_alive
         # protected flows the table forgot while they were open: their 4-tuples never continue in clear
         self.tombstones: OrderedDict[tuple, None] = OrderedDict()
+        self.half_open: OrderedDict[tuple, Subflow] = OrderedDict()  # creation order, pruned lazily
         self.flows: dict[tuple, Subflow] = {}
         self.tokens: dict[int, Connection] = {}  # MPTCP token (RFC 8684 §3.2, 32-bit int) -> connection
         self.pending_joins: dict[int, Subflow] = {}  # token -> first subflow still waiting for INIT2
@@ -79,11 +81,12 @@ class Table:
             self.drop_flow(old)
         if len(self.flows) >= self.config.max_connections:
             self.sweep(now)
-            if len(self.flows) >= self.config.max_connections:
-                self.event("table-full", key, "flow table full; connection left untouched")
-                return None
+        if len(self.flows) >= self.config.max_connections and not self.evict_half_open():
+            self.event("table-full", key, "flow table full; connection left untouched")
+            return None
         sf = Subflow(key, initiator, policy, now)
         self.flows[key] = sf
+        self.half_open[key] = sf
         self.tombstones.pop(key, None)  # a new connection (SYN) on the 4-tuple
         if len(self.flows) > self.counters["flows_tracked_max"]:
             self.counters["flows_tracked_max"] = len(self.flows)
@@ -112,10 +115,13 @@ class Table:
         idle = []
         for sf in list(self.flows.values()):
             if (sf.closed_at is not None and now - sf.closed_at > cfg.closed_linger) or \
-                    (sf.state in state.DEAD and now - sf.last_seen > cfg.closed_linger):
+                    (sf.state in state.DEAD and now - sf.last_seen > cfg.closed_linger) or \
+                    (sf.state in state.KEYING and now - sf.created > HALF_OPEN_TIMEOUT):
                 self.reclaim(sf)
             elif now - sf.last_seen > cfg.idle_timeout:
                 idle.append(sf)
+        self.half_open = OrderedDict((k, sf) for k, sf in self.half_open.items()
+                                     if self.flows.get(k) is sf and sf.tx is None and sf.state in state.KEYING)
         if not idle:
             return
         # an idle protected connection is never reclaimed while the kernel still has its socket (ssh sessions and
@@ -127,6 +133,18 @@ class Table:
                 self.counters["idle_kept_alive"] += 1
             else:
                 self.reclaim(sf)
+
+    def evict_half_open(self) -> bool:
+        """Make room in a full table by forgetting the oldest flow still before keys (a flood of spoofed SYNs
+        fills the table with those; a real connection is keyed within a round trip). False if there is none.
+        `half_open` lists flows in creation order; entries that were keyed or dropped since are skipped."""
+        while self.half_open:
+            key, sf = self.half_open.popitem(last=False)
+            if self.flows.get(key) is sf and sf.tx is None and sf.state in state.KEYING:
+                self.counters["half_open_evicted"] += 1
+                self.drop_flow(sf)
+                return True
+        return False
 
     def reclaim(self, sf: Subflow) -> None:
         self.drop_flow(sf)
@@ -232,13 +250,18 @@ class Table:
 
     def cache_session(self, session: Session, peer: bytes) -> None:
         cache = self.peer_cache
+        old = cache.get(peer)
+        if old is not None and old is not session:  # replaced: its resume ids must not outlive it
+            self.forget_resume(old)
         cache[peer] = session
         cache.move_to_end(peer)
         while len(cache) > self.config.max_sessions_cached:
-            _, old = cache.popitem(last=False)
-            for rid in old.resume_ids.values():
-                self.resume.pop(rid, None)
-            old.resume_ids.clear()
+            self.forget_resume(cache.popitem(last=False)[1])
+
+    def forget_resume(self, session: Session) -> None:
+        for rid in session.resume_ids.values():
+            self.resume.pop(rid, None)
+        session.resume_ids.clear()
 
     def register_resume(self, session: Session) -> None:
         """Resumption ids for the peer's next unused indices: how a SYN from any address finds the session.

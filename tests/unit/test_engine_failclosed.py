@@ -237,11 +237,56 @@ def test_shutdown_resets_open_protected_connections_on_both_sides():
 
 
 def test_a_full_table_under_required_refuses_instead_of_going_plain():
-    from mptcrypt.core.engine import Engine
+    pair = EnginePair(client=Config(policy=Policy.REQUIRED, max_connections=1))
+    handshake(pair)  # the one slot holds a keyed connection: nothing to evict
+    r = pair.eng["c"].handle(segment(C_ADDR, 2, S_ADDR, 5000, 1, 0, SYN, syn_options()), True, 0.0)
+    assert r.verdict is Verdict.DROP
 
-    eng = Engine(Config(policy=Policy.REQUIRED, max_connections=1))
-    assert eng.handle(segment(C_ADDR, 1, S_ADDR, 5000, 1, 0, SYN, syn_options()), True, 0.0).verdict is Verdict.ACCEPT
-    assert eng.handle(segment(C_ADDR, 2, S_ADDR, 5000, 1, 0, SYN, syn_options()), True, 0.0).verdict is Verdict.DROP
+
+# --- 6: cheap denial of service -------------------------------------------------------------------------------------
+def test_a_join_index_far_ahead_is_refused_before_any_key_work():
+    from mptcrypt.crypto import keyschedule as ks
+
+    pair = mptcp_pair()
+    calls = []
+    real = ks.next_ss
+    ks.next_ss = lambda ss: (calls.append(1), real(ss))[1]
+    try:
+        forged = join_syn()
+        out = pair.eng["c"].handle(forged, True, 0.0).packet
+        _, h, _ = decode(out)
+        opts = [TCPOption(o.kind, o.data[:3] + b"\xff\xff" + o.data[5:]) if o.kind == 253 else o
+                for o in parse_options(h.options)]  # NEXTK1 index 0xFFFF
+        bad = segment(C2_ADDR, 41000, S2_ADDR, 5000, h.seq, 0, SYN, opts)
+        assert pair.inject("s", bad) is Verdict.DROP
+    finally:
+        ks.next_ss = real
+    assert len(calls) < 40 and pair.eng["s"].stats()["joins_refused"] == 1
+
+
+def test_a_flood_of_half_open_flows_cannot_crowd_out_a_real_connection():
+    pair = EnginePair(server=Config(max_connections=64))
+    for i in range(500):  # spoofed SYN+HELLO from many sources, never completed
+        src = bytes((10, 9, i >> 8, i & 0xFF))
+        syn = pair.eng["c"].handle(segment(src, 1000 + i, S_ADDR, 5000, i, 0, SYN, syn_options()), True, 0.0).packet
+        pair.eng["s"].handle(syn, False, 0.0)
+    third, got = handshake(pair)
+    assert got == [third] and pair.eng["s"].stats()["half_open_evicted"] > 0
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"real data")
+    assert pair.send("c", data) == [data] and b"real data" not in pair.wire[-1]
+
+
+def test_half_open_flows_expire_and_replaced_sessions_leave_no_resume_ids():
+    pair = EnginePair()
+    pair.eng["s"].handle(pair.eng["c"].handle(segment(C_ADDR, 1, S_ADDR, 5000, 1, 0, SYN, syn_options()),
+                                              True, 0.0).packet, False, 0.0)
+    pair.tick(80.0)
+    assert pair.eng["s"].stats()["flows"] == 0
+    pair = EnginePair(client=Config(resume=False))
+    for port in (40000, 40001, 40002):  # three full handshakes with the same peer: each replaces the cached session
+        handshake(pair, sport=port)
+    assert len(pair.eng["s"]._t.resume) == 4  # only the current session's window
+    assert pair.eng["s"].stats()["half_open_evicted"] == 0
 
 
 # --- 4: IPv6 extension headers ---------------------------------------------------------------------------------
