@@ -20,6 +20,9 @@ from mptcrypt.wire.tcp import ACK, FIN, RST
 
 # signals Linux may put beside a data DSS; moved to a pure ACK of their own when the MAC does not fit
 SPLIT_SUBTYPES = (Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL)
+# signals that change a connection's paths or end it: acted on only from segments not older than the newest
+SIGNAL_SUBTYPES = (Subtype.ADD_ADDR, Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL, Subtype.MP_FASTCLOSE,
+                   Subtype.MP_TCPRST)
 
 
 def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
@@ -63,8 +66,17 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
         return DROP
     n = len(seg.packet) - seg.data_off
     end = ext_seq + n
-    if end > sf.in_ref:
+    if end < sf.in_ref or ext_ack < sf.in_ack_max:
+        # older than what this subflow already verified: a retransmission, reordering, or a replay. MPTCP
+        # signals on it are not acted on (issue 12 item 9: a verified pure ACK with MP_PRIO / REMOVE_ADDR /
+        # ADD_ADDR replayed later would verify again; timestamps, hence PAWS, are off on protected flows)
+        if _carries_signal(seg):
+            t.count_rare("stale_signals_dropped", "stale-signal", sf.key,
+                         "MPTCP signal on a segment older than the subflow's newest; dropped")
+            return DROP
+    else:
         sf.in_ref = end
+        sf.in_ack_max = ext_ack
     if not sf.confirmed:
         t.confirm(sf)
     if flags & (FIN | RST):
@@ -77,6 +89,13 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     c["segments_verified"] += 1
     c["bytes_decrypted"] += n
     return Result(Verdict.ACCEPT, out)
+
+
+def _carries_signal(seg: Segment) -> bool:
+    try:
+        return any(o.subtype in SIGNAL_SUBTYPES for o in seg.mptcp())
+    except DecodeError:
+        return False
 
 
 def _no_room(t: Table, sf: Subflow, seg: Segment, now: float, ext_seq: int, ext_ack: int) -> Result:

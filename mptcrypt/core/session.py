@@ -135,7 +135,7 @@ class Subflow:
 
     __slots__ = (
         "key", "state", "initiator", "policy", "conn", "index", "tx", "rx",
-        "isn_local", "isn_remote", "out_ref", "in_ref", "confirmed", "hs",
+        "isn_local", "isn_remote", "out_ref", "in_ref", "in_ack_max", "confirmed", "hs",
         "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
         "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops", "created",
     )
@@ -151,6 +151,7 @@ class Subflow:
         self.rx: SegmentCipher | None = None
         self.isn_local = self.isn_remote = None
         self.out_ref = self.in_ref = 0
+        self.in_ack_max = 0  # highest extended ack verified on this subflow
         self.confirmed = True  # server: False until a MAC'd segment proves the client has the keys
         self.hs = Handshake()
         self.mptcp = False

@@ -341,3 +341,32 @@ def test_blind_init_injection_is_ignored_and_the_handshake_completes():
     assert pair.eng["s"].stats()["pk_ops"] == 0 and pair.eng["s"].stats()["init_out_of_sequence"] == 2
     pair.tick(0.25)  # the real INIT1 (retransmitted) still completes the handshake
     assert pair.eng["c"].session_id(C_LOCAL, S_LOCAL) == pair.eng["s"].session_id(S_LOCAL, C_LOCAL) is not None
+
+
+# --- 8: SYN data (TCP Fast Open) ---------------------------------------------------------------------------------
+def test_tcp_fast_open_data_never_leaves_in_clear():
+    for policy in (Policy.OPPORTUNISTIC, Policy.REQUIRED):
+        pair = EnginePair(client=Config(policy=policy), server=Config(policy=policy))
+        tfo = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options() + [TCPOption(34, b"cookie12")],
+                      b"GET /secret HTTP/1.1")
+        (got,) = pair.send("c", tfo)
+        assert all(b"secret" not in p for p in pair.wire) and decode(got)[2] == b""
+        assert pair.eng["c"].stats()["syn_data_removed"] == 1
+        # a peer daemon that would let SYN data through (or an attacker) meets the same at the server
+        r = pair.eng["s"].handle(segment(C_ADDR, 40001, S_ADDR, 5000, 9, 0, SYN, syn_options()[:0] + [
+            TCPOption(253, bytes.fromhex("4d50") + bytes((1, 2)))], b"injected"), False, 0.0)
+        assert r.packet is not None and decode(r.packet)[2] == b""
+
+
+# --- 9: replayed signals --------------------------------------------------------------------------------------------
+def test_a_replayed_old_mp_prio_ack_is_not_acted_on():
+    pair = mptcp_pair()
+    prio = segment(S_ADDR, 5000, C_ADDR, 40000, SISN + 1, CISN + 1, ACK, [TCPOption(30, bytes((0x51,)))])
+    assert pair.send("s", prio) == [prio]
+    captured = pair.wire[-1]  # verified once: MP_PRIO backup=1
+    data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], b"x" * 100)
+    assert pair.send("c", data) == [data]
+    ack = segment(S_ADDR, 5000, C_ADDR, 40000, SISN + 1, CISN + 101, ACK)
+    assert pair.send("s", ack) == [ack]
+    assert pair.inject("c", captured) is Verdict.DROP  # the same bytes later: its ack went backwards
+    assert pair.eng["c"].stats()["stale_signals_dropped"] == 1 and pair.eng["c"].stats()["mac_failures"] == 0
