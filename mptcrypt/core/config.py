@@ -108,6 +108,8 @@ class Config:
     closed_linger: float = 10.0  # keep keys this long after FIN/RST so late segments still verify
     key_lifetime: float = 600.0  # regenerate the ephemeral K_C / server key after this long
     resume: bool = True  # offer resumption (NEXTK1) to peers with a cached session
+    refuse_downgrade: bool = False  # refuse a plain answer from a peer we hold a session for (it spoke mptcrypt)
+    session_lifetime: float = 6 * 3600.0  # a cached session is not resumed after this long (forward secrecy)
 
     def policy_for(self, peer_addr: str, port: int) -> Policy:
         for rule in self.rules:
@@ -135,7 +137,8 @@ class Config:
         cfg = cls()
         known = {"ports", "policy", "rule", "pub_ciphers", "sym_ciphers", "queue_num", "fail_open"}
         known |= {"max_connections", "max_held_per_connection", "max_sessions_cached", "init_rto"}
-        known |= {"init_retries", "idle_timeout", "closed_linger", "key_lifetime", "resume"}
+        known |= {"init_retries", "idle_timeout", "closed_linger", "key_lifetime", "resume", "refuse_downgrade"}
+        known |= {"session_lifetime"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -150,7 +153,7 @@ class Config:
                 cfg.pub_ciphers = _cipher_list(value, PUB_CIPHER_NAMES, where, "pub_ciphers")
             elif key == "sym_ciphers":
                 cfg.sym_ciphers = _cipher_list(value, SYM_CIPHER_NAMES, where, "sym_ciphers")
-            elif key in ("fail_open", "resume"):
+            elif key in ("fail_open", "resume", "refuse_downgrade"):
                 if not isinstance(value, bool):
                     raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
                 setattr(cfg, key, value)

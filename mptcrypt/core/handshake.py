@@ -165,10 +165,20 @@ def recv_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
 
 
 def plain_or_refuse(t: Table, sf: Subflow, seg: Segment, why: str) -> Result:
-    if sf.policy is Policy.REQUIRED:
+    # A plain answer from a peer we hold a session for (it spoke mptcrypt before, and we may have offered
+    # NEXTK1): a peer that lost its daemon, or an attacker stripping options (issue 12 item 10). Said loudly;
+    # refused with `refuse_downgrade`.
+    downgrade = sf.resumed or sf.key[2] in t.peer_cache
+    if downgrade:
+        why = f"downgrade: {why} although we hold a session for this peer"
+        t.counters["downgrades_detected"] += 1
+        t.event("downgrade", sf.key, why)
+    if sf.policy is Policy.REQUIRED or downgrade and t.config.refuse_downgrade:
         state.advance(sf, Ev.REFUSE)
         t.counters["refused_policy"] += 1
-        t.event("refused", sf.key, why + "; policy is required")
+        t.event("refused", sf.key, why + ("; policy is required" if sf.policy is Policy.REQUIRED
+                                          else "; refuse_downgrade is set"))
+        sf.plain_reason = why
         # our kernel gets the SYN-ACK turned into a RST (connection refused), the peer a RST too
         return Result(Verdict.ACCEPT, rst_to_local(sf.key, seg.seq + 1, seg.ack),
                       inject=[rst_to_peer(sf.key, seq=seg.ack, with_ack=False)])

@@ -35,7 +35,7 @@ COUNTERS = (
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
     "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
     "token_collisions_refused", "idle_kept_alive", "init_out_of_sequence", "half_open_evicted",
-    "syn_data_removed", "stale_signals_dropped",
+    "syn_data_removed", "stale_signals_dropped", "downgrades_detected",
 )
 
 

@@ -370,3 +370,31 @@ def test_a_replayed_old_mp_prio_ack_is_not_acted_on():
     assert pair.send("s", ack) == [ack]
     assert pair.inject("c", captured) is Verdict.DROP  # the same bytes later: its ack went backwards
     assert pair.eng["c"].stats()["stale_signals_dropped"] == 1 and pair.eng["c"].stats()["mac_failures"] == 0
+
+
+# --- 10: silent downgrade with a cached session ------------------------------------------------------------------
+def downgraded(client_cfg):
+    from mptcrypt.core.engine import Engine
+
+    pair = EnginePair(client=client_cfg)
+    handshake(pair)
+    pair.eng["s"] = Engine(Config(policy=Policy.OFF))  # the answer now comes without mptcrypt (stripped or gone)
+    pair.send("c", segment(C_ADDR, 40009, S_ADDR, 5000, 50, 0, SYN, syn_options()))
+    synack = segment(S_ADDR, 5000, C_ADDR, 40009, 70, 51, SYN | ACK, syn_options(ts=False))
+    return pair, pair.eng["c"].handle(synack, False, 0.0)
+
+
+def test_a_plain_answer_from_a_peer_we_hold_a_session_for_is_reported():
+    pair, r = downgraded(Config())
+    c = pair.eng["c"]
+    assert r.verdict is Verdict.ACCEPT and r.packet is None  # opportunistic: the connection goes on, plain...
+    assert c.stats()["downgrades_detected"] == 1  # ...but never silently
+    assert any(e.kind == "downgrade" for e in c.events())
+    (row,) = [r for r in c.sessions() if r["local"].endswith(":40009")]
+    assert row["reason"].startswith("downgrade")
+
+
+def test_refuse_downgrade_turns_the_plain_answer_into_a_refusal():
+    pair, r = downgraded(Config(refuse_downgrade=True))
+    assert r.verdict is Verdict.ACCEPT and decode(r.packet)[1].flags & RST and r.inject
+    assert pair.eng["c"].flow_state(("10.0.1.2", 40009), S_LOCAL) is State.REFUSED
