@@ -165,7 +165,9 @@ class Engine:
             if flags & ACK:
                 if sf is None:
                     return handshake.unknown_flow(t, key, seg, outbound)
-                return handshake.send_syn_ack(t, sf, seg) if outbound else handshake.recv_syn_ack(t, sf, seg, now)
+                if outbound:
+                    return handshake.send_syn_ack(t, sf, seg, now)
+                return handshake.recv_syn_ack(t, sf, seg, now)
             if not outbound and sf is not None:
                 verdict = state.judge_inbound_syn(sf, seg.seq, _offer(seg))
                 if verdict is SynVerdict.DROP:

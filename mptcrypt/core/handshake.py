@@ -34,7 +34,7 @@ def send_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
     sf = t.new_flow(key, True, policy, now)
     if sf is None:  # table full: never a plain connection where protection is required
         return DROP if policy is Policy.REQUIRED else ACCEPT
-    if join.offer_resume(t, sf) is None:
+    if join.offer_resume(t, sf, now) is None:
         state.advance(sf, Ev.SEND_SYN_HELLO)
     sf.isn_local = seq
     sf.out_ref = seq + 1
@@ -73,7 +73,7 @@ def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
     sf.in_ref = seq + 1
     sf.mptcp = bool(seg.mptcp())
     if isinstance(msg, m.NextK1Resume):
-        res = join.accept_resume(t, sf, key, seg, msg)
+        res = join.accept_resume(t, sf, key, seg, msg, now)
         if res is not None:
             return res
     state.advance(sf, Ev.RECV_SYN_HELLO)
@@ -107,7 +107,7 @@ def unknown_flow(t: Table, key, seg: Segment, outbound: bool) -> Result:
 
 
 # --- SYN-ACK -----------------------------------------------------------------------------------------------
-def send_syn_ack(t: Table, sf: Subflow, seg: Segment) -> Result:
+def send_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     if sf.state is state.State.PLAIN or sf.initiator:
         return ACCEPT
     sf.isn_local = seg.seq
@@ -121,7 +121,7 @@ def send_syn_ack(t: Table, sf: Subflow, seg: Segment) -> Result:
         mptcp.remember_syn_key(sf, seg, local=True)
         return rewritten(t, seg, add=m.PkConf(tuple(t.pub_list)).encode())
     if ev is Ev.SEND_SYNACK_NEXTK2:
-        return join.send_nextk2(t, sf, seg)
+        return join.send_nextk2(t, sf, seg, now)
     return ACCEPT
 
 
@@ -140,7 +140,7 @@ def recv_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     sf.in_ref = seq + 1
     msg = seg.mptcrypt()
     if isinstance(msg, m.NextK2) and state.allowed(st, Ev.RECV_SYNACK_NEXTK2):
-        return join.recv_nextk2(t, sf, seg, msg)
+        return join.recv_nextk2(t, sf, seg, msg, now)
     if sf.join:
         t.counters["unauthenticated_dropped"] += 1
         return DROP  # a join answer must prove ss[i]
@@ -280,7 +280,7 @@ def recv_init1(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     hs.init_segment = _init_segment(sf, Msg.INIT2, hs.init_msg)
     sf.confirmed = False
     t.arm(sf, now)
-    t.keyed(sf, resumed=False)
+    t.keyed(sf, False, now)
     return Result(Verdict.DROP, inject=[hs.init_segment] + datapath.release(t, sf))
 
 
@@ -306,7 +306,7 @@ def recv_init2(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     hs.timer = None
     hs.client_key = None
     t.timed.discard(sf)
-    t.keyed(sf, resumed=False)
+    t.keyed(sf, False, now)
     return Result(Verdict.DROP, inject=datapath.release(t, sf) + join.release_joins(t, sf, now))
 
 

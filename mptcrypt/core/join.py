@@ -118,10 +118,10 @@ def release_joins(t: Table, first: Subflow, now: float) -> list[bytes]:
 
 
 # --- resumption --------------------------------------------------------------------------------------------
-def offer_resume(t: Table, sf: Subflow) -> Session | None:
+def offer_resume(t: Table, sf: Subflow, now: float) -> Session | None:
     """Client SYN: the cached session for the peer with a fresh index allocated, or None (full handshake)."""
     session = t.peer_cache.get(sf.key[2]) if t.config.resume else None
-    if session is None:
+    if session is None or t.session_expired(session, now):
         return None
     try:
         index = session.allocate()
@@ -142,10 +142,11 @@ def resume_option(sf: Subflow) -> bytes:
     return m.NextK1Resume(rid, ks.join_proof(ss, False, ks.nextk1_resume_context(sf.isn_local, rid))).encode()
 
 
-def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume) -> Result | None:
-    """Server: a SYN resuming a cached session. None when the id is unknown or the proof fails (full handshake)."""
+def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume, now: float) -> Result | None:
+    """Server: a SYN resuming a cached session. None when the id is unknown, the session expired or the proof
+    fails (full handshake)."""
     found = t.resume.get(msg.resume_id)
-    if found is not None:
+    if found is not None and not t.session_expired(found[0], now):
         session, index = found
         ss = session.chain.ss(index)
         expect = ks.join_proof(ss, False, ks.nextk1_resume_context(seg.seq, msg.resume_id))
@@ -167,7 +168,7 @@ def nextk2_context(sf: Subflow, isn_i: int, isn_r: int, seg: Segment) -> bytes:
     return ks.nextk2_resume_context(isn_i, isn_r, sf.hs.resume_id)
 
 
-def send_nextk2(t: Table, sf: Subflow, seg: Segment) -> Result:
+def send_nextk2(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     """Server SYN-ACK of a join or resumption: NEXTK2 proves ss[i]; the subflow is keyed from here on."""
     ss = sf.conn.session.chain.ss(sf.index)
     proof = ks.join_proof(ss, True, nextk2_context(sf, sf.isn_remote, seg.seq, seg))
@@ -177,11 +178,11 @@ def send_nextk2(t: Table, sf: Subflow, seg: Segment) -> Result:
         mptcp.remember_syn_key(sf, seg, local=True)
     if first_time:
         sf.set_keys(sf.conn, sf.index, sf.conn.session.sym_cipher)
-        t.keyed(sf, resumed=not sf.join)
+        t.keyed(sf, not sf.join, now)
     return rewritten(t, seg, add=m.NextK2(proof).encode())
 
 
-def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2) -> Result:
+def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2, now: float) -> Result:
     index = sf.index
     ss = sf.conn.session.chain.ss(index)
     expect = ks.join_proof(ss, True, nextk2_context(sf, sf.isn_local, seg.seq, seg))
@@ -194,5 +195,5 @@ def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2) -> Result:
     if not sf.join:
         sf.conn.session.claim(index, sf.key)
         mptcp.remember_syn_key(sf, seg, local=False)
-    t.keyed(sf, resumed=not sf.join)
+    t.keyed(sf, not sf.join, now)
     return clean_syn(t, seg)

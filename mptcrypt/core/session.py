@@ -38,7 +38,7 @@ class Session:
     at the same time without colliding. Each index keys exactly one subflow (checked by `claim`)."""
 
     __slots__ = ("chain", "initiator", "pub_cipher", "sym_cipher", "_next_own", "_peer_top", "used", "peer_addr",
-                 "resume_ids")
+                 "resume_ids", "created")
 
     def __init__(self, ss0: bytes, initiator: bool, pub_cipher, sym_cipher, peer_addr: bytes):
         self.chain = KeyChain(ss0)
@@ -50,6 +50,7 @@ class Session:
         self.used: dict[int, FlowKey] = {0: None}
         self.peer_addr = peer_addr
         self.resume_ids: dict[int, bytes] = {}  # index -> resumption id registered for it
+        self.created: float | None = None  # when the public-key handshake made it (set when first cached)
 
     def own_parity(self, index: int) -> bool:
         return index % 2 == (1 if self.initiator else 0)

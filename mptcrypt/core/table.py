@@ -35,7 +35,7 @@ COUNTERS = (
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
     "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
     "token_collisions_refused", "idle_kept_alive", "init_out_of_sequence", "half_open_evicted",
-    "syn_data_removed", "stale_signals_dropped", "downgrades_detected",
+    "syn_data_removed", "stale_signals_dropped", "downgrades_detected", "sessions_expired",
 )
 
 
@@ -113,6 +113,7 @@ class Table:
 
     def sweep(self, now: float) -> None:
         cfg = self.config
+        self.expire_sessions(now)
         idle = []
         for sf in list(self.flows.values()):
             if (sf.closed_at is not None and now - sf.closed_at > cfg.closed_linger) or \
@@ -216,7 +217,7 @@ class Table:
             self.tokens[token] = conn
         return True
 
-    def keyed(self, sf: Subflow, resumed: bool) -> None:
+    def keyed(self, sf: Subflow, resumed: bool, now: float) -> None:
         """A subflow got its keys: register the session for resumption (counted once the packet is handled)."""
         conn = sf.conn
         self.keyed_now.append(sf)
@@ -226,6 +227,8 @@ class Table:
             for k in conn.keys.values():
                 self.add_token(conn, mptcp_token(k), sf.key)
         if not sf.join:
+            if conn.session.created is None:
+                conn.session.created = now
             self.cache_session(conn.session, sf.key[2])
             self.register_resume(conn.session)
         self.event("protected", sf.key, f"{'join' if sf.join else 'resumed' if resumed else 'new'} "
@@ -258,6 +261,17 @@ class Table:
         cache.move_to_end(peer)
         while len(cache) > self.config.max_sessions_cached:
             self.forget_resume(cache.popitem(last=False)[1])
+
+    def session_expired(self, session: Session, now: float) -> bool:
+        """A cached session older than `session_lifetime` is never resumed again (forward secrecy: its ss chain
+        leaves the caches, and with the last connection that uses it, memory)."""
+        return session.created is not None and now - session.created > self.config.session_lifetime
+
+    def expire_sessions(self, now: float) -> None:
+        for peer, session in [(p, s) for p, s in self.peer_cache.items() if self.session_expired(s, now)]:
+            del self.peer_cache[peer]
+            self.forget_resume(session)
+            self.counters["sessions_expired"] += 1
 
     def forget_resume(self, session: Session) -> None:
         for rid in session.resume_ids.values():

@@ -89,7 +89,8 @@ def test_a_third_ack_whose_receiver_key_is_not_our_kernels_registers_nothing():
     pair = EnginePair()
     syn = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options(mpc(4)))
     pair.send("c", syn)
-    pair.send("s", segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK, syn_options(mpc(12, SKEY), ts=False)))
+    pair.send("s", segment(S_ADDR, 5000, C_ADDR, 40000, SISN, CISN + 1, SYN | ACK,
+                           syn_options(mpc(12, SKEY), ts=False)))
     pair.send("c", segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK, [mpc(20, CKEY, b"otherkey")]))
     assert pair.eng["s"].stats()["token_collisions_refused"] == 1
 
@@ -398,3 +399,15 @@ def test_refuse_downgrade_turns_the_plain_answer_into_a_refusal():
     pair, r = downgraded(Config(refuse_downgrade=True))
     assert r.verdict is Verdict.ACCEPT and decode(r.packet)[1].flags & RST and r.inject
     assert pair.eng["c"].flow_state(("10.0.1.2", 40009), S_LOCAL) is State.REFUSED
+
+
+# --- 11: key lifetime -------------------------------------------------------------------------------------------------
+def test_cached_sessions_expire():
+    pair = EnginePair(client=Config(session_lifetime=3600.0), server=Config(session_lifetime=3600.0))
+    handshake(pair)
+    pair.tick(3601.0)
+    for e in pair.eng.values():
+        assert e.stats()["sessions_cached"] == 0 and e.stats()["sessions_expired"] == 1
+    handshake(pair, sport=40002, cisn=5, sisn=9)  # a full handshake again, not a resumption of the old session
+    for e in pair.eng.values():
+        assert e.stats()["resumptions"] == 0 and e.stats()["pk_handshakes"] == 2
