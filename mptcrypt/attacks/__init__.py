@@ -29,6 +29,7 @@ ATTACKS = {
     "downgrade": "mptcrypt.attacks.downgrade",
     "passive": "mptcrypt.attacks.passive",
     "syn-desync": "mptcrypt.attacks.syn_desync",
+    "syn-replay": "mptcrypt.attacks.syn_replay",
 }
 
 

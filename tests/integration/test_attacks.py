@@ -22,7 +22,9 @@ from mptcrypt.attacks.runner import BLOCKED, DETECTED, EFFECTIVE
 
 pytestmark = pytest.mark.root
 
-PUBLISHED = [n for n in ATTACKS if n != "syn-desync"]  # issue 5's attacks 1-7; syn-desync targets mptcrypt itself
+# issue 5's attacks 1-7; the rest target mptcrypt itself (issue 12)
+OWN = ("syn-desync", "syn-replay")
+PUBLISHED = [n for n in ATTACKS if n not in OWN]
 
 # the daemon counter (client/server) that must show the forged packets being refused
 REFUSED_BY = {
@@ -107,14 +109,18 @@ def test_downgrade_required_is_refused(matrix):
     assert "refused" in (raw["transfer"]["connect_error"] or "").lower(), raw["transfer"]
 
 
-def test_syn_desync_is_harmless_to_plain_mptcp(matrix):
+@pytest.mark.parametrize("name", OWN)
+def test_syn_attacks_are_harmless_to_plain_mptcp(matrix, name):
     """A SYN on an established connection is answered with a challenge ACK by the kernel (RFC 5961 §4)."""
-    cell = matrix[("syn-desync", "plain", None)]
+    cell = matrix[(name, "plain", None)]
     assert cell.outcome == BLOCKED, _explain(cell)
 
 
-def test_syn_desync_blocked_by_mptcrypt(matrix):
-    """A forged SYN on a protected subflow's 4-tuple is dropped (it used to replace the flow with a plain one)."""
-    cell = matrix[("syn-desync", "mptcrypt", None)]
+@pytest.mark.parametrize("name", OWN)
+def test_syn_attacks_blocked_by_mptcrypt(matrix, name):
+    """A forged (syn-desync: new ISN) or replayed (syn-replay: the subflow's own ISN, HELLO removed) SYN on a
+    protected subflow's 4-tuple is dropped; each used to replace the keyed flow with a plain one."""
+    cell = matrix[(name, "mptcrypt", None)]
     assert cell.outcome == BLOCKED, _explain(cell)
     assert cell.raw["stats"]["server"].get("syn_on_live_flow_dropped", 0) > 0
+    assert cell.raw["stats"]["client"].get("syn_on_live_flow_dropped", 0) > 0
