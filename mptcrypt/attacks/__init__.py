@@ -30,6 +30,7 @@ ATTACKS = {
     "passive": "mptcrypt.attacks.passive",
     "syn-desync": "mptcrypt.attacks.syn_desync",
     "syn-replay": "mptcrypt.attacks.syn_replay",
+    "token-poison": "mptcrypt.attacks.token_poison",
 }
 
 

@@ -36,6 +36,7 @@ REFUSED_BY = {
     "mp-tcprst": (None, "unauthenticated_dropped"),
     "rst": (None, "unauthenticated_dropped"),
     "data-inject": ("server", "unauthenticated_dropped"),
+    "token-poison": ("server", "joins_refused"),  # issue 12 item 2: against plain MPTCP it is the join hijack
 }
 
 
