@@ -110,6 +110,8 @@ class Config:
     resume: bool = True  # offer resumption (NEXTK1) to peers with a cached session
     refuse_downgrade: bool = False  # refuse a plain answer from a peer we hold a session for (it spoke mptcrypt)
     session_lifetime: float = 6 * 3600.0  # a cached session is not resumed after this long (forward secrecy)
+    rekey_bytes: int = 1 << 30  # each direction of a subflow moves to fresh keys after this many bytes...
+    rekey_interval: float = 3600.0  # ...or this many seconds
 
     def policy_for(self, peer_addr: str, port: int) -> Policy:
         for rule in self.rules:
@@ -138,7 +140,7 @@ class Config:
         known = {"ports", "policy", "rule", "pub_ciphers", "sym_ciphers", "queue_num", "fail_open"}
         known |= {"max_connections", "max_held_per_connection", "max_sessions_cached", "init_rto"}
         known |= {"init_retries", "idle_timeout", "closed_linger", "key_lifetime", "resume", "refuse_downgrade"}
-        known |= {"session_lifetime"}
+        known |= {"session_lifetime", "rekey_bytes", "rekey_interval"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")

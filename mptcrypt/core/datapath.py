@@ -31,6 +31,8 @@ def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     ext_ack = extend(seg.ack, sf.in_ref) if flags & ACK else 0
     if ext_seq < 0 or ext_ack < 0:
         raise DecodeError("sequence or acknowledgement number before the connection's ISN")
+    if sf.bytes_out >= sf.tx_rekey_bytes or now >= sf.tx_rekey_time:
+        _rekey(t, sf, now)
     packet = seg.packet
     out = sf.tx.seal(packet, seg.l4, ext_seq, ext_ack)
     if out is None:
@@ -62,8 +64,10 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     if out is None:
         if not seg.has_mac():
             return None
-        t.count_rare("mac_failures", "mac-failure", sf.key, f"{c['mac_failures'] + 1} so far; segment dropped")
-        return DROP
+        out = _open_other_generation(t, sf, seg, ext_seq, ext_ack)
+        if out is None:
+            t.count_rare("mac_failures", "mac-failure", sf.key, f"{c['mac_failures'] + 1} so far; segment dropped")
+            return DROP
     n = len(seg.packet) - seg.data_off
     end = ext_seq + n
     if end < sf.in_ref or ext_ack < sf.in_ack_max:
@@ -89,6 +93,27 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     c["segments_verified"] += 1
     c["bytes_decrypted"] += n
     return Result(Verdict.ACCEPT, out)
+
+
+def _rekey(t: Table, sf: Subflow, now: float) -> None:
+    """REKEY: our direction moves to the next key generation after `rekey_bytes` or `rekey_interval`."""
+    sf.rekey_tx()
+    sf.tx_rekey_bytes = sf.bytes_out + t.config.rekey_bytes
+    sf.tx_rekey_time = now + t.config.rekey_interval
+    t.counters["rekeys_sent"] += 1
+
+
+def _open_other_generation(t: Table, sf: Subflow, seg: Segment, ext_seq: int, ext_ack: int) -> bytes | None:
+    """A segment that does not verify under the current generation: the peer's first under its next one (then
+    we follow), or one still in flight under the previous one."""
+    out = sf.next_rx().open(seg.packet, seg.l4, ext_seq, ext_ack)
+    if out is not None:
+        sf.follow_rx()
+        t.counters["rekeys_followed"] += 1
+        return out
+    if sf.rx_prev is not None:
+        return sf.rx_prev.open(seg.packet, seg.l4, ext_seq, ext_ack)
+    return None
 
 
 def _carries_signal(seg: Segment) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from mptcrypt.crypto.keyschedule import KeyChain, direction_secrets
+from mptcrypt.crypto.keyschedule import KeyChain, direction_secrets, rekey_secret
 from mptcrypt.crypto.segment import SegmentCipher
 from mptcrypt.core.state import State
 
@@ -139,6 +139,7 @@ class Subflow:
         "isn_local", "isn_remote", "out_ref", "in_ref", "in_ack_max", "confirmed", "hs",
         "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
         "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops", "created",
+        "sym_cipher", "tx_secret", "rx_secret", "rx_next", "rx_prev", "tx_rekey_bytes", "tx_rekey_time",
     )
 
     def __init__(self, key: FlowKey, initiator: bool, policy, now: float):
@@ -167,15 +168,43 @@ class Subflow:
         self.resumed = False  # keyed by NEXTK1/NEXTK2 on a new connection (index = the resumed ss[i])
         self.plain_reason = ""
         self.pk_ops = 0  # public-key operations done while handling this subflow's segments
+        # REKEY (docs/protocol.md §4): each direction's current generation secret, the receiver's next and
+        # previous generation ciphers, and when the sender moves on
+        self.sym_cipher = None
+        self.tx_secret = self.rx_secret = b""
+        self.rx_next: SegmentCipher | None = None
+        self.rx_prev: SegmentCipher | None = None
+        self.tx_rekey_bytes = 1 << 62
+        self.tx_rekey_time = float("inf")
 
     def set_keys(self, conn: Connection, index: int, sym_cipher) -> None:
         self.conn = conn
         self.index = index
         ss = conn.session.chain.ss(index)
+        self.sym_cipher = sym_cipher
+        self.tx_secret = self.rx_secret = ss
         self.tx = SegmentCipher(sym_cipher, direction_secrets(ss, self.initiator))
         self.rx = SegmentCipher(sym_cipher, direction_secrets(ss, not self.initiator))
         if self not in conn.subflows:
             conn.subflows.append(self)
+
+    def rekey_tx(self) -> None:
+        """Move our direction to the next key generation; the old secret is forgotten."""
+        self.tx_secret = rekey_secret(self.tx_secret, self.initiator)
+        self.tx = SegmentCipher(self.sym_cipher, direction_secrets(self.tx_secret, self.initiator))
+
+    def next_rx(self) -> SegmentCipher:
+        """The peer's next generation (made on the first segment that does not verify under the current one)."""
+        if self.rx_next is None:
+            self.rx_next = SegmentCipher(self.sym_cipher, direction_secrets(
+                rekey_secret(self.rx_secret, not self.initiator), not self.initiator))
+        return self.rx_next
+
+    def follow_rx(self) -> None:
+        """The peer moved to the next generation: it becomes current, the current one is kept for segments
+        still in flight, the one before is forgotten."""
+        self.rx_prev, self.rx, self.rx_next = self.rx, self.next_rx(), None
+        self.rx_secret = rekey_secret(self.rx_secret, not self.initiator)
 
     def row(self) -> dict:
         la, lp, ra, rp = self.key

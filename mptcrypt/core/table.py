@@ -36,6 +36,7 @@ COUNTERS = (
     "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
     "token_collisions_refused", "idle_kept_alive", "init_out_of_sequence", "half_open_evicted",
     "syn_data_removed", "stale_signals_dropped", "downgrades_detected", "sessions_expired",
+    "rekeys_sent", "rekeys_followed",
 )
 
 
@@ -221,6 +222,8 @@ class Table:
         """A subflow got its keys: register the session for resumption (counted once the packet is handled)."""
         conn = sf.conn
         self.keyed_now.append(sf)
+        sf.tx_rekey_bytes = sf.bytes_out + self.config.rekey_bytes
+        sf.tx_rekey_time = now + self.config.rekey_interval
         if sf.mptcp and not sf.join:  # the first subflow's MP_CAPABLE keys: their tokens lead joins here
             conn.mptcp = True
             conn.keys.update(sf.hs.mptcp_keys)

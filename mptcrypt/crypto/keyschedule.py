@@ -25,6 +25,7 @@ from mptcrypt.constants import (
     TAG_NEXT_KEY,
     TAG_NONCE_A,
     TAG_NONCE_B,
+    TAG_REKEY,
     TAG_RESUME_ID,
     TAG_SESSION_ID,
 )
@@ -84,6 +85,12 @@ def nextk1_resume_context(isn_i: int, resume_id: bytes) -> bytes:
 
 def nextk2_resume_context(isn_i: int, isn_r: int, resume_id: bytes) -> bytes:
     return _CTX_ISNS.pack(isn_i, isn_r) + resume_id
+
+
+def rekey_secret(secret: bytes, initiator_to_responder: bool) -> bytes:
+    """The next generation of one direction's secret (generation 0 is ss[i]): REKEY moves a direction to
+    `direction_secrets(rekey_secret(g), ...)`; the previous generation cannot be computed from the next."""
+    return hmac256(secret, TAG_REKEY + (b" a" if initiator_to_responder else b" b"))
 
 
 def join_proof(ss: bytes, synack: bool, context: bytes) -> bytes:

@@ -411,3 +411,22 @@ def test_cached_sessions_expire():
     handshake(pair, sport=40002, cisn=5, sisn=9)  # a full handshake again, not a resumption of the old session
     for e in pair.eng.values():
         assert e.stats()["resumptions"] == 0 and e.stats()["pk_handshakes"] == 2
+
+
+def test_rekey_moves_each_direction_to_fresh_keys_and_the_peer_follows():
+    cfg = Config(rekey_bytes=3000)
+    pair = EnginePair(client=cfg, server=Config(rekey_bytes=3000))
+    handshake(pair)
+    wires = []
+    for k in range(8):  # 8 x 1000 bytes: the client's direction moves on twice
+        data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1 + 1000 * k, SISN + 1, ACK | PSH, [], bytes([k]) * 1000)
+        assert pair.send("c", data) == [data]
+        wires.append(pair.wire[-1])
+    c, s = pair.eng["c"].stats(), pair.eng["s"].stats()
+    assert c["rekeys_sent"] == 2 and s["rekeys_followed"] == 2 and s["mac_failures"] == 0
+    # a segment of the generation before, still in flight, verifies; two generations back does not
+    assert pair.inject("s", wires[5]) is Verdict.ACCEPT
+    assert pair.inject("s", wires[0]) is Verdict.DROP
+    # the same bytes under a fresh key each generation: the ciphertext of a retransmitted segment differs
+    again = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [], bytes([0]) * 1000)
+    assert pair.send("c", again) == [again] and pair.wire[-1] != wires[0]
