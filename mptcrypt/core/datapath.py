@@ -10,7 +10,7 @@ from __future__ import annotations
 from mptcrypt.constants import MAC_OPTION_LEN, TCP_MAX_OPTION_SPACE
 from mptcrypt.core import mptcp
 from mptcrypt.core.events import DROP, Result, Verdict
-from mptcrypt.core.session import Subflow, extend
+from mptcrypt.core.session import Subflow
 from mptcrypt.core.table import Table
 from mptcrypt.errors import DecodeError
 from mptcrypt.wire import rewrite
@@ -27,8 +27,14 @@ SIGNAL_SUBTYPES = (Subtype.ADD_ADDR, Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subty
 
 def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     flags = seg.flags
-    ext_seq = extend(seg.seq, sf.out_ref)
-    ext_ack = extend(seg.ack, sf.in_ref) if flags & ACK else 0
+    # extend() inlined (per-segment path): the 64-bit number closest to the reference with these low 32 bits
+    ref = sf.out_ref
+    ext_seq = ref + ((seg.seq - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    if flags & ACK:
+        ref = sf.in_ref
+        ext_ack = ref + ((seg.ack - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    else:
+        ext_ack = 0
     if ext_seq < 0 or ext_ack < 0:
         raise DecodeError("sequence or acknowledgement number before the connection's ISN")
     if sf.bytes_out >= sf.tx_rekey_bytes or now >= sf.tx_rekey_time:
@@ -55,8 +61,13 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     """The kernel packet, DROP on a MAC failure, None when the segment carries no MAC option (the caller decides:
     a duplicate INIT, or an injection)."""
     flags = seg.flags
-    ext_seq = extend(seg.seq, sf.in_ref)
-    ext_ack = extend(seg.ack, sf.out_ref) if flags & ACK else 0
+    ref = sf.in_ref
+    ext_seq = ref + ((seg.seq - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    if flags & ACK:
+        ref = sf.out_ref
+        ext_ack = ref + ((seg.ack - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    else:
+        ext_ack = 0
     if ext_seq < 0 or ext_ack < 0:
         raise DecodeError("sequence or acknowledgement number before the connection's ISN")
     out = sf.rx.open(seg.packet, seg.l4, ext_seq, ext_ack)
