@@ -13,14 +13,6 @@ FlowKey = tuple  # (local addr bytes, local port, remote addr bytes, remote port
 JOIN_WINDOW = 32  # join indices of the peer accepted past the highest it used
 
 
-def extend(seq32: int, ref: int) -> int:
-    """The 64-bit extended sequence number closest to `ref` whose low 32 bits are `seq32`."""
-    delta = (seq32 - ref) & 0xFFFFFFFF
-    if delta >= 0x80000000:
-        delta -= 0x100000000
-    return ref + delta
-
-
 def fmt_addr(addr: bytes) -> str:
     return str(ipaddress.ip_address(addr))
 

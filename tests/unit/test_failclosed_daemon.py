@@ -21,3 +21,23 @@ def test_missing_ip6tables_under_required_refuses_to_start(monkeypatch):
 def test_missing_ip6tables_under_opportunistic_is_a_warning(monkeypatch):
     without_ip6tables(monkeypatch)
     assert [f.name for f in iptables.Rules(4242).families] == [iptables.IPV4.name]
+
+
+def test_sock_diag_names_the_sockets_the_kernel_still_has():
+    import socket
+
+    from mptcrypt.daemon.sockdiag import sockets_alive
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    cli = socket.create_connection(srv.getsockname())
+    acc, _ = srv.accept()
+    try:
+        lport, rport = cli.getsockname()[1], srv.getsockname()[1]
+        lo = bytes((127, 0, 0, 1))
+        live, gone = (lo, lport, lo, rport), (lo, lport, lo, rport + 1 if rport < 65535 else 1)
+        assert sockets_alive([live, gone]) == {live}
+    finally:
+        for s in (cli, acc, srv):
+            s.close()
