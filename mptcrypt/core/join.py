@@ -22,6 +22,8 @@ from mptcrypt.wire import messages as m
 from mptcrypt.wire.mptcp import MptcpOption, encode_mptcp
 from mptcrypt.wire.segment import Segment, parse_segment
 
+
+# --- what the proofs bind (docs/protocol.md §6, §7; crypto/keyschedule.nextk*_context) ---------------------------
 def mp_join_bytes(mpj: MptcpOption | None) -> bytes:
     """The whole MP_JOIN option as on the wire (what the proofs bind; b"" when the segment has none)."""
     return encode_mptcp(mpj) if mpj is not None else b""
