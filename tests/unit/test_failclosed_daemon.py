@@ -41,3 +41,43 @@ def test_sock_diag_names_the_sockets_the_kernel_still_has():
     finally:
         for s in (cli, acc, srv):
             s.close()
+
+
+def test_a_stopping_daemon_resets_protected_connections_before_removing_its_rules():
+    from mptcrypt.core.config import Config
+    from mptcrypt.daemon.main import Daemon
+
+    order = []
+
+    class Engine:
+        def shutdown(self):
+            order.append("engine.shutdown")
+            return [b"rst-local", b"rst-peer"]
+
+    class Worker:
+        def inject(self, packets):
+            order.append(("inject", list(packets)))
+
+        def read(self, _timeout):
+            pass
+
+        def tick(self):
+            pass
+
+        def unbind(self):
+            order.append("unbind")
+
+    class Rules:
+        installed = ["ipv4"]
+
+        def remove(self):
+            order.append("rules.remove")
+            self.installed = []
+
+    class Closable:
+        def close(self):
+            pass
+
+    d = Daemon(Config(), engine=Engine())
+    d._shutdown(Rules(), Worker(), Closable(), Closable(), Closable())
+    assert order[:3] == ["engine.shutdown", ("inject", [b"rst-local", b"rst-peer"]), "rules.remove"]
