@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from mptcrypt.core import datapath, handshake, join, state
+from mptcrypt.core import datapath, handover, handshake, join, state
 from mptcrypt.core.config import Config
 from mptcrypt.core.events import ACCEPT, DROP, Event, Result
 from mptcrypt.core.session import fmt_addr
@@ -133,6 +133,14 @@ class Engine:
             if res.packet is not None:
                 out.append(res.packet)
         return out
+
+    def export_state(self) -> dict:
+        """The live sessions and flows for a successor daemon (graceful restart; core/handover.py). Secret."""
+        return handover.export_state(self._t)
+
+    def import_state(self, data: dict) -> int:
+        """Take over a predecessor's `export_state()`; returns the number of subflows taken over."""
+        return handover.import_state(self._t, data)
 
     # ------------------------------------------------------------------ dispatch
     def _protected(self, sf, seg: Segment, outbound: bool, now: float) -> Result:

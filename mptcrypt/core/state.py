@@ -152,6 +152,11 @@ def advance(sf, event: Ev) -> State:
     return sf.state
 
 
+def restore(sf, st: State) -> None:
+    """A subflow handed over by a predecessor daemon (core/handover.py) resumes in the state it had there."""
+    sf.state = st
+
+
 def synack_event(sf) -> Ev | None:
     """What the responder's SYN-ACK announces in `sf`'s state: PKCONF (full handshake, or its retransmission),
     NEXTK2 (join or resumption, or its retransmission), or None (leave it alone)."""

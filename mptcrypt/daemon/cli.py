@@ -64,6 +64,12 @@ def register(sub) -> None:
         default=None,
         help="always run the public-key handshake, never resume a cached session (benchmarks, tests)",
     )
+    p.add_argument(
+        "--takeover",
+        action="store_true",
+        help="graceful restart: take the live sessions over from the daemon running in this namespace (in memory), "
+        "which then exits leaving its rules in place",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -107,7 +113,7 @@ def cmd_daemon(args) -> int:
         args.config, ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
         resume=args.resume,
     )
-    return run_daemon(config, verbose=args.verbose)
+    return run_daemon(config, verbose=args.verbose, **({"takeover": True} if args.takeover else {}))
 
 
 def cmd_status(args) -> int:

@@ -115,6 +115,20 @@ def removal_script(save_output: str) -> str | None:
     return "\n".join(lines + ["COMMIT", ""])
 
 
+def replace_script(save_output: str, queue_num: int, ports: tuple[tuple[int, int], ...] = (),
+                   fail_open: bool = False) -> str:
+    """iptables-restore --noflush input replacing chains already present by ours in ONE transaction: declaring a
+    chain flushes it, the old jumps are deleted and the new ones inserted at once. Never a moment without rules
+    (a restart or a graceful handover would otherwise let segments of protected connections pass in clear)."""
+    present = chains_present(save_output)
+    lines = ["*filter"] + [f":{chain} - [0:0]" for _hook, chain, _ in HOOKS]
+    for line in save_output.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "-A" and parts[1] not in present and _jumps_to(parts, present):
+            lines.append("-D" + line[2:])
+    return "\n".join(lines + rule_lines(queue_num, ports, fail_open) + ["COMMIT", ""])
+
+
 def _jumps_to(parts: list[str], chains: set[str]) -> bool:
     for i, word in enumerate(parts[:-1]):
         if word in ("-j", "-g", "--jump", "--goto") and parts[i + 1] in chains:
@@ -161,15 +175,17 @@ class Rules:
         try:
             for fam in self.families:
                 save = _run([fam.save, "-t", "filter"], fam)
-                stale = removal_script(save)
-                if stale is not None:
+                present = chains_present(save)
+                if present:
                     log.warning(
-                        "replacing stale %s chains %s left by a daemon that did not exit cleanly",
+                        "replacing stale %s chains %s left by a daemon that did not exit cleanly (or handed over)",
                         fam.name,
-                        ", ".join(sorted(chains_present(save))),
+                        ", ".join(sorted(present)),
                     )
-                    _run([fam.restore, "-w", "--noflush"], fam, stale)
-                _run([fam.restore, "-w", "--noflush"], fam, script)
+                    _run([fam.restore, "-w", "--noflush"], fam,
+                         replace_script(save, self.queue_num, self.ports, self.fail_open))
+                else:
+                    _run([fam.restore, "-w", "--noflush"], fam, script)
                 self.installed.append(fam)
         except BaseException:
             try:

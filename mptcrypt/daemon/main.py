@@ -33,7 +33,7 @@ from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
-from mptcrypt.errors import ConfigError, MptcryptError, NotRootError
+from mptcrypt.errors import AlreadyRunningError, ConfigError, MptcryptError, NotRootError
 
 log = logging.getLogger("mptcrypt.daemon")
 
@@ -98,11 +98,14 @@ def _addr(value, what: str) -> tuple[str, int]:
 class Daemon:
     """One daemon in the current network namespace. `run()` blocks until SIGTERM/SIGINT or `request_stop()`."""
 
-    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False):
+    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
+                 takeover: bool = False):
         self.config = config
         self.engine = engine
         self.control_name = control_name
         self.verbose = verbose
+        self.takeover = takeover  # take the live sessions over from the daemon running now (graceful restart)
+        self.handed_over_at: float | None = None  # we gave our sessions to a successor: stop, keep the rules
         self.started = time.monotonic()
         self.stop_reason: str | None = None
         self.worker: QueueWorker | None = None
@@ -134,13 +137,23 @@ class Daemon:
         if cmd == "sid":
             sid = engine.session_id(_addr(request.get("local"), "local"), _addr(request.get("remote"), "remote"))
             return {"ok": True, "sid": sid.hex() if sid else None}
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, sid)"}
+        if cmd == "handover" and hasattr(engine, "export_state"):
+            # a successor started with --takeover: it gets our sessions (in memory, over this root-only socket of
+            # our namespace), we stop as soon as the answer is out, leaving the rules (and the queue's packets,
+            # which the kernel holds or drops fail-closed until the successor binds it) in place
+            state = engine.export_state()
+            self.handed_over_at = time.monotonic()
+            log.info("handing %d flows over to a successor daemon", len(state["flows"]))
+            return {"ok": True, "state": state}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, sid, handover)"}
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def run(self) -> int:
         config = self.config
         control = ControlServer(self.handle_request, self.control_name)
-        control.bind()  # first: a second daemon in this namespace fails here, before touching anything
+        handover = _take_over(self.control_name) if self.takeover else None
+        _bind_control(control, wait=HANDOVER_TIMEOUT if handover is not None else 0.0)
+        # first: a second daemon in this namespace fails here, before touching anything
         selector = selectors.DefaultSelector()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -154,6 +167,8 @@ class Daemon:
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
             if self.engine is None:
                 self.engine = make_engine(config)
+            if handover is not None:
+                log.info("took over %d flows from the previous daemon", self.engine.import_state(handover))
             raw = RawSocket()
             worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
             worker.bind()
@@ -197,6 +212,8 @@ class Daemon:
                 key.data(mask)
             worker.tick()
             now = time.monotonic()
+            if self.handed_over_at is not None and (not control.writing() or now - self.handed_over_at > 5):
+                self.stop_reason = "handed over to a successor"
             if now >= next_control_tick:
                 control.tick(now)
                 next_control_tick = now + CONTROL_TICK
@@ -208,6 +225,8 @@ class Daemon:
                     log.debug("counters: %s", " ".join(f"{k}={v}" for k, v in last_counters.items() if v))
 
     def _shutdown(self, rules, worker, raw, control, selector) -> None:
+        if self.handed_over_at is not None:  # the successor keeps the chains and continues the connections
+            rules = None
         if rules is not None and rules.installed and worker is not None and hasattr(self.engine, "shutdown"):
             try:  # open protected connections are reset, never continued in clear once the rules are gone
                 resets = self.engine.shutdown()
@@ -241,6 +260,29 @@ class Daemon:
         selector.close()
 
 
+HANDOVER_TIMEOUT = 10.0  # seconds a successor waits for its predecessor to release the control socket
+
+
+def _take_over(name: str) -> dict:
+    """Ask the running daemon for its live state (graceful restart). MptcryptError if none runs or it refuses."""
+    from mptcrypt.daemon.control import ControlClient
+
+    return ControlClient(name, timeout=HANDOVER_TIMEOUT).request("handover")["state"]
+
+
+def _bind_control(control: ControlServer, wait: float) -> None:
+    """Bind the control socket; after a handover, retry while the predecessor is still on its way out."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            control.bind()
+            return
+        except AlreadyRunningError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _drain(sock: socket.socket) -> None:
     try:
         while sock.recv(64):
@@ -259,7 +301,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("mptcrypt").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_daemon(config: Config, verbose: bool = False) -> int:
+def run_daemon(config: Config, verbose: bool = False, takeover: bool = False) -> int:
     """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0."""
     if os.geteuid() != 0:
         raise NotRootError(
@@ -267,4 +309,4 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
             "run `sudo mptcrypt daemon`, or `sudo ip netns exec NS mptcrypt daemon` for a namespace"
         )
     setup_logging(verbose)
-    return Daemon(config, verbose=verbose).run()
+    return Daemon(config, verbose=verbose, takeover=takeover).run()

@@ -81,3 +81,49 @@ def test_a_stopping_daemon_resets_protected_connections_before_removing_its_rule
     d = Daemon(Config(), engine=Engine())
     d._shutdown(Rules(), Worker(), Closable(), Closable(), Closable())
     assert order[:3] == ["engine.shutdown", ("inject", [b"rst-local", b"rst-peer"]), "rules.remove"]
+
+
+def test_stale_chains_are_replaced_in_one_transaction():
+    save = "*filter\n:INPUT ACCEPT [0:0]\n:MPTC-IN - [0:0]\n:MPTC-OUT - [0:0]\n-A INPUT -j MPTC-IN\n" \
+           "-A OUTPUT -j MPTC-OUT\n-A MPTC-IN -p tcp -j NFQUEUE --queue-num 1\nCOMMIT\n"
+    script = iptables.replace_script(save, 4242)
+    assert script.count("COMMIT") == 1 and script.startswith("*filter\n:MPTC-OUT - [0:0]\n:MPTC-IN - [0:0]\n")
+    assert "-D INPUT -j MPTC-IN" in script and "-D OUTPUT -j MPTC-OUT" in script
+    assert script.index("-D OUTPUT") < script.index("-I OUTPUT 1 -j MPTC-OUT") and "--queue-num 4242" in script
+
+
+def test_a_daemon_that_handed_over_keeps_its_rules_and_resets_nothing():
+    from mptcrypt.core.config import Config
+    from mptcrypt.daemon.main import Daemon
+
+    order = []
+
+    class Engine:
+        def export_state(self):
+            return {"flows": [1, 2]}
+
+        def shutdown(self):
+            order.append("engine.shutdown")
+            return []
+
+    class Worker:
+        def inject(self, packets):
+            order.append("inject")
+
+        def unbind(self):
+            order.append("unbind")
+
+    class Rules:
+        installed = ["ipv4"]
+
+        def remove(self):
+            order.append("rules.remove")
+
+    class Closable:
+        def close(self):
+            pass
+
+    d = Daemon(Config(), engine=Engine())
+    assert d.handle_request({"cmd": "handover"}) == {"ok": True, "state": {"flows": [1, 2]}}
+    d._shutdown(Rules(), Worker(), Closable(), Closable(), Closable())
+    assert order == ["unbind"]
