@@ -26,7 +26,7 @@ import struct
 import time
 
 from mptcrypt.attacks.judging import decide
-from mptcrypt.attacks.runner import Evidence, Verdict
+from mptcrypt.attacks.runner import ATTACKER_IP, Evidence, Verdict
 from mptcrypt.wire.ip import build_ip_header
 from mptcrypt.wire.mptcp import MptcpOption, encode_mptcp, join_hmac
 from mptcrypt.wire.tcp import ACK, RST, SYN, TCPHeader, TCPOption, encode_options, pad_options
@@ -115,6 +115,7 @@ def attack(agent) -> dict:
     out["own_connection"] = row.get("state")
     # 2. a join of the VICTIM's connection, NEXTK1 from the attacker's own session
     jport, jisn, r_a = random.randint(30001, 40000), random.getrandbits(32), random.getrandbits(32)
+    out["join_port"] = jport
     token = v.token_server
     mpj = TCPOption(30, encode_mptcp(MptcpOption.mpj_syn(token, r_a, addr_id=66))[2:])
     stack.output(stack.segment(jport, jisn, 0, SYN, [_mss(), mpj]), "MP_JOIN SYN for the victim's token")
@@ -140,10 +141,13 @@ def attack(agent) -> dict:
 
 def judge(ev: Evidence) -> Verdict:
     r = ev.result
-    server_saw = "attacker" in ev.paths_ever("server")
+    join_peer = f"{ATTACKER_IP}:{r.get('join_port')}"
+    # the attacker's OWN connection also shows up on the server (from 10.0.1.66): only the join's port counts
+    joined = any(sf.get("remote") == join_peer for s in ev.timeline for sf in s.get("server", []))
+    answered = r.get("join") == "completed"  # the server kernel answered the join SYN and did not reset it
     evidence = {"own_connection": r.get("own_connection"), "join": r.get("join"),
-                "attacker_engine": r.get("engine"), "server_subflow_from_attacker": server_saw,
-                "server_token_collisions_refused": ev.stat("server", "token_collisions_refused")}
-    effective = server_saw or r.get("join") == "completed" and (r.get("engine") or {}).get("joins_protected")
-    return decide(ev, bool(effective), "the server added the attacker's join to the victim's connection",
-                  "join refused: the victim's token still maps to the victim's session", evidence)
+                "attacker_engine": r.get("engine"), "server_subflow_from_attacker_join": joined,
+                "server_token_collisions_refused": ev.stat("server", "token_collisions_refused"),
+                "server_joins_refused": ev.stat("server", "joins_refused")}
+    return decide(ev, joined or answered, f"the server added the attacker's join ({join_peer}) to the victim's "
+                  "connection", "join refused: the victim's token still maps to the victim's session", evidence)
