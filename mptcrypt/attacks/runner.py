@@ -220,7 +220,11 @@ class Daemons:
         sock = self.net[host].socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(5)
-            sock.connect(CONTROL_SOCKET)
+            try:
+                sock.connect(CONTROL_SOCKET)
+            except (ConnectionRefusedError, FileNotFoundError):
+                return {}  # no daemon at this moment (a cell restarting it): nothing to report
+
             sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
             buf = b""
             while b"\n" not in buf:
