@@ -25,18 +25,19 @@ SIGNAL_SUBTYPES = (Subtype.ADD_ADDR, Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subty
                    Subtype.MP_TCPRST)
 
 
-def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
-    flags = seg.flags
-    # extend() inlined (per-segment path): the 64-bit number closest to the reference with these low 32 bits
-    ref = sf.out_ref
-    ext_seq = ref + ((seg.seq - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-    if flags & ACK:
-        ref = sf.in_ref
-        ext_ack = ref + ((seg.ack - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-    else:
-        ext_ack = 0
+def _extended(seg: Segment, seq_ref: int, ack_ref: int) -> tuple[int, int]:
+    """The segment's 64-bit extended seq and ack (0 without ACK): the numbers closest to the references whose low
+    32 bits are the segment's. DecodeError for a number before the connection's ISN (it would be negative)."""
+    ext_seq = seq_ref + ((seg.seq - seq_ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    ext_ack = ack_ref + ((seg.ack - ack_ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000 if seg.flags & ACK else 0
     if ext_seq < 0 or ext_ack < 0:
         raise DecodeError("sequence or acknowledgement number before the connection's ISN")
+    return ext_seq, ext_ack
+
+
+def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
+    flags = seg.flags
+    ext_seq, ext_ack = _extended(seg, sf.out_ref, sf.in_ref)
     if sf.bytes_out >= sf.tx_rekey_bytes or now >= sf.tx_rekey_time:
         _rekey(t, sf, now)
     packet = seg.packet
@@ -61,15 +62,7 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     """The kernel packet, DROP on a MAC failure, None when the segment carries no MAC option (the caller decides:
     a duplicate INIT, or an injection)."""
     flags = seg.flags
-    ref = sf.in_ref
-    ext_seq = ref + ((seg.seq - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-    if flags & ACK:
-        ref = sf.out_ref
-        ext_ack = ref + ((seg.ack - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-    else:
-        ext_ack = 0
-    if ext_seq < 0 or ext_ack < 0:
-        raise DecodeError("sequence or acknowledgement number before the connection's ISN")
+    ext_seq, ext_ack = _extended(seg, sf.in_ref, sf.out_ref)
     out = sf.rx.open(seg.packet, seg.l4, ext_seq, ext_ack)
     c = t.counters
     if out is None:

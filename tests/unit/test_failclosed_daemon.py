@@ -43,6 +43,39 @@ def test_sock_diag_names_the_sockets_the_kernel_still_has():
             s.close()
 
 
+class FakeWorker:
+    def __init__(self, order):
+        self.order = order
+
+    def inject(self, packets):
+        self.order.append(("inject", list(packets)))
+
+    def read(self, _timeout):
+        pass
+
+    def tick(self):
+        pass
+
+    def unbind(self):
+        self.order.append("unbind")
+
+
+class FakeRules:
+    installed = ["ipv4"]
+
+    def __init__(self, order):
+        self.order = order
+
+    def remove(self):
+        self.order.append("rules.remove")
+        self.installed = []
+
+
+class Closable:
+    def close(self):
+        pass
+
+
 def test_a_stopping_daemon_resets_protected_connections_before_removing_its_rules():
     from mptcrypt.core.config import Config
     from mptcrypt.daemon.main import Daemon
@@ -54,32 +87,8 @@ def test_a_stopping_daemon_resets_protected_connections_before_removing_its_rule
             order.append("engine.shutdown")
             return [b"rst-local", b"rst-peer"]
 
-    class Worker:
-        def inject(self, packets):
-            order.append(("inject", list(packets)))
-
-        def read(self, _timeout):
-            pass
-
-        def tick(self):
-            pass
-
-        def unbind(self):
-            order.append("unbind")
-
-    class Rules:
-        installed = ["ipv4"]
-
-        def remove(self):
-            order.append("rules.remove")
-            self.installed = []
-
-    class Closable:
-        def close(self):
-            pass
-
-    d = Daemon(Config(), engine=Engine())
-    d._shutdown(Rules(), Worker(), Closable(), Closable(), Closable())
+    Daemon(Config(), engine=Engine())._shutdown(FakeRules(order), FakeWorker(order), Closable(), Closable(),
+                                                Closable())
     assert order[:3] == ["engine.shutdown", ("inject", [b"rst-local", b"rst-peer"]), "rules.remove"]
 
 
@@ -106,24 +115,7 @@ def test_a_daemon_that_handed_over_keeps_its_rules_and_resets_nothing():
             order.append("engine.shutdown")
             return []
 
-    class Worker:
-        def inject(self, packets):
-            order.append("inject")
-
-        def unbind(self):
-            order.append("unbind")
-
-    class Rules:
-        installed = ["ipv4"]
-
-        def remove(self):
-            order.append("rules.remove")
-
-    class Closable:
-        def close(self):
-            pass
-
     d = Daemon(Config(), engine=Engine())
     assert d.handle_request({"cmd": "handover"}) == {"ok": True, "state": {"flows": [1, 2]}}
-    d._shutdown(Rules(), Worker(), Closable(), Closable(), Closable())
+    d._shutdown(FakeRules(order), FakeWorker(order), Closable(), Closable(), Closable())
     assert order == ["unbind"]
