@@ -31,6 +31,7 @@ ATTACKS = {
     "syn-desync": "mptcrypt.attacks.syn_desync",
     "syn-replay": "mptcrypt.attacks.syn_replay",
     "token-poison": "mptcrypt.attacks.token_poison",
+    "daemon-restart": "mptcrypt.attacks.daemon_restart",
 }
 
 

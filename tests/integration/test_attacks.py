@@ -24,7 +24,7 @@ pytestmark = pytest.mark.root
 
 # issue 5's attacks 1-7; the rest target mptcrypt itself (issue 12)
 OWN = ("syn-desync", "syn-replay")
-PUBLISHED = [n for n in ATTACKS if n not in OWN]
+PUBLISHED = [n for n in ATTACKS if n not in OWN + ("daemon-restart",)]
 
 # the daemon counter (client/server) that must show the forged packets being refused
 REFUSED_BY = {
@@ -125,3 +125,13 @@ def test_syn_attacks_blocked_by_mptcrypt(matrix, name):
     assert cell.outcome == BLOCKED, _explain(cell)
     assert cell.raw["stats"]["server"].get("syn_on_live_flow_dropped", 0) > 0
     assert cell.raw["stats"]["client"].get("syn_on_live_flow_dropped", 0) > 0
+
+
+def test_daemon_restart_under_required_leaves_nothing_in_clear(matrix):
+    """The server daemon restarted mid-transfer (issue 12 item 3): no plaintext on path 1; the connection it could
+    not continue is reset (protected or dead). Plain MPTCP, without daemons, is readable throughout."""
+    assert matrix[("daemon-restart", "plain", None)].outcome == EFFECTIVE
+    cell = matrix[("daemon-restart", "mptcrypt", None)]
+    assert cell.outcome == BLOCKED, _explain(cell)
+    assert cell.raw["agent"]["view"]["plaintext_records_seen"] == {"UP": 0, "DN": 0}
+    assert "t" in (cell.raw["extra"].get("restart") or {}), _explain(cell)
