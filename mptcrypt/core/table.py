@@ -60,6 +60,7 @@ class Table:
         self.events: list[Event] = []
         self.keyed_now: list[Subflow] = []  # subflows keyed while handling the current packet
         self.next_sweep = 0.0
+        self.full_sweep_at = 0.0
         self.pub_list = bytes(config.pub_ciphers)
         self.sym_list = bytes(config.sym_ciphers)
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -81,7 +82,9 @@ class Table:
         old = self.flows.get(key)
         if old is not None:
             self.drop_flow(old)
-        if len(self.flows) >= self.config.max_connections:
+        if len(self.flows) >= self.config.max_connections and now >= self.full_sweep_at:
+            # at most once a second: under a SYN flood the table stays full, and a sweep walks all of it
+            self.full_sweep_at = now + SWEEP_INTERVAL
             self.sweep(now)
         if len(self.flows) >= self.config.max_connections and not self.evict_half_open():
             self.event("table-full", key, "flow table full; connection left untouched")
