@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = (
     "mptcrypt.topo.cli",
     "mptcrypt.attacks.cli",
     "mptcrypt.handover.cli",
+    "mptcrypt.packaging.service",
 )
 
 

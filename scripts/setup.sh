@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 # build; tcpdump/tshark: captures and the independent MPTCP decoder; mptcpd: mptcpize; iperf3/curl: unmodified
 # tools over MPTCP; mininet: its Python library (the topology files load with the real mininet.topo.Topo);
 # iputils-ping: reachability and loss tests of the topologies; python3-venv: the venv when python3 is Debian's.
+# systemd: systemd-analyze verifies mptcrypt/packaging/mptcrypt.service in the tests.
 APT_PACKAGES=(iproute2 iptables libnetfilter-queue-dev build-essential tcpdump tshark mptcpd mptcpize iperf3 curl ethtool mininet
-              iputils-ping python3-venv)
+              iputils-ping python3-venv systemd)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -31,6 +31,7 @@ from mptcrypt.constants import CONTROL_SOCKET
 from mptcrypt.core.config import Config
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
+from mptcrypt.daemon.notify import Notifier
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
 from mptcrypt.errors import ConfigError, MptcryptError, NotRootError
@@ -100,6 +101,7 @@ class Daemon:
         self.started = time.monotonic()
         self.stop_reason: str | None = None
         self.worker: QueueWorker | None = None
+        self.notifier = Notifier.from_env()  # systemd Type=notify; a no-op outside systemd
 
     def request_stop(self, reason: str = "requested") -> None:
         self.stop_reason = reason
@@ -164,6 +166,7 @@ class Daemon:
                 config.policy.value,
                 "fail-open" if config.fail_open else "fail-closed",
             )
+            self.notifier.ready(f"protecting ports {format_ports(config.ports)}, policy {config.policy.value}")
             worker.tick()
             self._loop(selector, worker, control)
             log.info("stopping (%s)", self.stop_reason)
@@ -201,6 +204,7 @@ class Daemon:
                     log.debug("counters: %s", " ".join(f"{k}={v}" for k, v in last_counters.items() if v))
 
     def _shutdown(self, rules, worker, raw, control, selector) -> None:
+        self.notifier.stopping()
         if rules is not None:
             try:
                 rules.remove()
