@@ -64,6 +64,9 @@ def register(sub) -> None:
         default=None,
         help="always run the public-key handshake, never resume a cached session (benchmarks, tests)",
     )
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9464 (`mptcrypt stats --prometheus` "
+                   "prints the same once)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -93,6 +96,8 @@ def register(sub) -> None:
         "(nfq_*: queued, dropped, engine errors, queue overflows, injected).",
     )
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
+    p.add_argument("--prometheus", action="store_true", help="print them once in Prometheus text format "
+                   "(what `mptcrypt daemon --metrics` serves)")
     p.set_defaults(func=cmd_stats)
 
 
@@ -107,7 +112,12 @@ def cmd_daemon(args) -> int:
         args.config, ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
         resume=args.resume,
     )
-    return run_daemon(config, verbose=args.verbose)
+    options = {}
+    if args.metrics:
+        from mptcrypt.daemon.metrics import parse_listen
+
+        options["metrics"] = parse_listen(args.metrics)
+    return run_daemon(config, verbose=args.verbose, **options)
 
 
 def cmd_status(args) -> int:
@@ -145,6 +155,9 @@ def cmd_sessions(args) -> int:
 def cmd_stats(args) -> int:
     from mptcrypt.daemon.control import ControlClient
 
+    if args.prometheus:
+        sys.stdout.write(ControlClient().request("metrics")["text"])
+        return 0
     stats = ControlClient().stats()
     if args.json:
         print(json.dumps(stats, indent=2))

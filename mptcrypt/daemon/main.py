@@ -31,6 +31,7 @@ from mptcrypt.constants import CONTROL_SOCKET
 from mptcrypt.core.config import Config
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
+from mptcrypt.daemon.metrics import MetricsServer, exposition
 from mptcrypt.daemon.notify import Notifier
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
@@ -93,7 +94,8 @@ def _addr(value, what: str) -> tuple[str, int]:
 class Daemon:
     """One daemon in the current network namespace. `run()` blocks until SIGTERM/SIGINT or `request_stop()`."""
 
-    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False):
+    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
+                 metrics: tuple[str, int] | None = None):
         self.config = config
         self.engine = engine
         self.control_name = control_name
@@ -102,6 +104,7 @@ class Daemon:
         self.stop_reason: str | None = None
         self.worker: QueueWorker | None = None
         self.notifier = Notifier.from_env()  # systemd Type=notify; a no-op outside systemd
+        self.metrics_address = metrics  # --metrics ADDRESS:PORT: Prometheus scrape endpoint
 
     def request_stop(self, reason: str = "requested") -> None:
         self.stop_reason = reason
@@ -127,10 +130,18 @@ class Daemon:
         if cmd == "stats":
             edge = self.worker.stats() if self.worker is not None else {}
             return {"ok": True, "stats": engine.stats(), "edge": edge}
+        if cmd == "metrics":
+            return {"ok": True, "text": self.metrics_text()}
         if cmd == "sid":
             sid = engine.session_id(_addr(request.get("local"), "local"), _addr(request.get("remote"), "remote"))
             return {"ok": True, "sid": sid.hex() if sid else None}
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, sid)"}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, metrics, sid)"}
+
+    def metrics_text(self) -> str:
+        """Prometheus exposition of the engine's and the packet path's counters (daemon/metrics.py)."""
+        worker = self.worker
+        edge = worker.stats() if worker is not None else {}
+        return exposition(self.engine.stats(), edge, self.engine.sessions(), worker.latency if worker else None)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -143,8 +154,11 @@ class Daemon:
         wake_w.setblocking(False)
         old_handlers: dict[int, object] = {}
         old_wakeup = None
-        raw = worker = rules = None
+        raw = worker = rules = metrics = None
         try:
+            if self.metrics_address is not None:
+                metrics = MetricsServer(self.metrics_text, self.metrics_address)
+                metrics.bind()
             for signum in STOP_SIGNALS:
                 old_handlers[signum] = signal.signal(signum, self._on_signal)
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
@@ -156,6 +170,8 @@ class Daemon:
             rules = Rules(config.queue_num, config.ports, config.fail_open)
             rules.install()  # last: from here on packets are queued, and we are listening
             control.attach(selector)
+            if metrics is not None:
+                metrics.attach(selector)
             selector.register(worker.fileno(), selectors.EVENT_READ, lambda _mask: worker.read())
             selector.register(wake_r, selectors.EVENT_READ, lambda _mask: _drain(wake_r))
             log.info(
@@ -171,6 +187,8 @@ class Daemon:
             self._loop(selector, worker, control)
             log.info("stopping (%s)", self.stop_reason)
         finally:
+            if metrics is not None:
+                metrics.close()
             self._shutdown(rules, worker, raw, control, selector)
             if old_wakeup is not None:
                 signal.set_wakeup_fd(old_wakeup)
@@ -247,7 +265,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("mptcrypt").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_daemon(config: Config, verbose: bool = False) -> int:
+def run_daemon(config: Config, verbose: bool = False, **options) -> int:
     """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0."""
     if os.geteuid() != 0:
         raise NotRootError(
@@ -255,7 +273,7 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
             "run `sudo mptcrypt daemon`, or `sudo ip netns exec NS mptcrypt daemon` for a namespace"
         )
     setup_logging(verbose)
-    return Daemon(config, verbose=verbose).run()
+    return Daemon(config, verbose=verbose, **options).run()
 
 
 # --- for tests and scripts: a daemon in a network namespace ------------------------------------------------------
