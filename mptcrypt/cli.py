@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "mptcrypt.attacks.cli",
     "mptcrypt.handover.cli",
     "mptcrypt.packaging.service",
+    "mptcrypt.daemon.monitor",
 )
 
 

@@ -32,6 +32,7 @@ from mptcrypt.core.config import Config
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.metrics import MetricsServer, exposition
+from mptcrypt.daemon.monitor import event_record
 from mptcrypt.daemon.notify import Notifier
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
@@ -130,12 +131,14 @@ class Daemon:
         if cmd == "stats":
             edge = self.worker.stats() if self.worker is not None else {}
             return {"ok": True, "stats": engine.stats(), "edge": edge}
+        if cmd == "monitor":  # the control server streams engine events to this client from now on
+            return {"ok": True, "subscribe": True}
         if cmd == "metrics":
             return {"ok": True, "text": self.metrics_text()}
         if cmd == "sid":
             sid = engine.session_id(_addr(request.get("local"), "local"), _addr(request.get("remote"), "remote"))
             return {"ok": True, "sid": sid.hex() if sid else None}
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, metrics, sid)"}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, metrics, monitor, sid)"}
 
     def metrics_text(self) -> str:
         """Prometheus exposition of the engine's and the packet path's counters (daemon/metrics.py)."""
@@ -166,6 +169,7 @@ class Daemon:
                 self.engine = make_engine(config)
             raw = RawSocket()
             worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
+            worker.on_events = lambda events: control.publish([event_record(e) for e in events])
             worker.bind()
             rules = Rules(config.queue_num, config.ports, config.fail_open)
             rules.install()  # last: from here on packets are queued, and we are listening
