@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "mptcrypt.handover.cli",
     "mptcrypt.packaging.service",
     "mptcrypt.daemon.monitor",
+    "mptcrypt.wireshark.cli",
 )
 
 

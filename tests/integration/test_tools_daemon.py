@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -49,18 +50,35 @@ def env():
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
+class Capture:
+    """tcpdump on one interface of a host into `path` (kept for the dissector tests)."""
+
+    def __init__(self, net, host, intf, path):
+        self.path = path
+        self.proc = net[host].popen(["tcpdump", "-i", intf, "-U", "--immediate-mode", "-s", "0", "-w", path, "tcp"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert "listening" in self.proc.stderr.readline()
+
+    def stop(self) -> str:
+        time.sleep(0.3)  # let the last frames reach the file
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        return self.path
+
+
 def notifications(sock: socket.socket) -> dict[str, str]:
     data = sock.recv(4096).decode()
     return dict(line.split("=", 1) for line in data.split("\n"))
 
 
-def transfer(net, port: int, nbytes: int) -> tuple[dict, dict]:
-    """One MPTCP connection client -> server:port carrying nbytes with MARKER in them; both reports."""
-    sink = net["server"].popen([PY, "-m", "mptcrypt.traffic", "sink", "--port", str(port), "--mptcp"],
+def transfer(net, port: int, nbytes: int, mptcp: bool = True) -> tuple[dict, dict]:
+    """One connection client -> server:port carrying nbytes with MARKER in them; both reports."""
+    flag = ["--mptcp"] if mptcp else []
+    sink = net["server"].popen([PY, "-m", "mptcrypt.traffic", "sink", "--port", str(port), *flag],
                                stdout=subprocess.PIPE, text=True)
     assert json.loads(sink.stdout.readline())["event"] == "listening"
     source = net["client"].popen([PY, "-m", "mptcrypt.traffic", "source", "--to", f"10.0.1.1:{port}", "--bytes",
-                                  str(nbytes), "--marker", MARKER, "--mptcp"], stdout=subprocess.PIPE, text=True)
+                                  str(nbytes), "--marker", MARKER, *flag], stdout=subprocess.PIPE, text=True)
     out, _ = source.communicate(timeout=120)
     got = json.loads(sink.stdout.readline())
     sink.wait(timeout=10)
@@ -80,8 +98,14 @@ def test_monitor_shows_the_protected_connection_and_its_join(env):
     monitor = net["client"].popen([PY, "-m", "mptcrypt", "monitor", "--json", "--count", "2"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "monitoring" in monitor.stderr.readline()  # subscribed: no event of the transfer can be missed
-    sent, got = transfer(net, PORT, 256 * 1024)
-    assert got["sha256"] == sent["sha256"]
+    captures = [Capture(net, "client", intf, os.path.join(env["tmp"], f"{intf}.pcap")) for intf in ("c-eth0", "c-eth1")]
+    try:
+        sent, got = transfer(net, PORT, 256 * 1024)
+        assert got["sha256"] == sent["sha256"]
+        sent, got = transfer(net, PORT + 1, 4096, mptcp=False)  # a second connection: resumed (NEXTK1 resume)
+        assert got["sha256"] == sent["sha256"]
+    finally:
+        env["pcaps"] = [c.stop() for c in captures]
     out, _ = monitor.communicate(timeout=30)
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["event"] for r in records] == ["protected", "join-protected"]
@@ -125,3 +149,77 @@ def test_stopping_notification(env):
     proc = env["daemons"].pop("server")
     assert env["stop"](proc, remove_log=True) == 0
     assert notifications(env["notify"]) == {"STOPPING": "1"}
+
+
+def tshark_fields(pcap: str, fields: list[str], display_filter: str = "mptcrypt") -> list[dict[str, str]]:
+    """One dict per packet the filter keeps: field -> value (repeated fields joined with ',')."""
+    from mptcrypt.wireshark import dissector_path
+
+    proc = subprocess.run(["tshark", "-n", "-X", f"lua_script:{dissector_path()}", "-r", pcap, "-Y", display_filter,
+                           "-T", "fields", "-E", "separator=|", "-E", "aggregator=,",
+                           *[a for name in fields for a in ("-e", name)]], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Lua: Error" not in proc.stderr, proc.stderr
+    return [dict(zip(fields, line.split("|"))) for line in proc.stdout.splitlines()]
+def test_dissector_names_every_field_of_a_real_capture(env):
+    """Path 1 carries the public-key handshake and the resumed connection, path 2 the join."""
+    from mptcrypt.constants import DEFAULT_PUB_CIPHERS, DEFAULT_SYM_CIPHERS
+    from mptcrypt.wire.messages import PROTOCOL_VERSION
+
+    path1, path2 = env["pcaps"]
+    fields = ["tcp.srcport", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack", "tcp.len", "tcp.options",
+              "mptcrypt.message", "mptcrypt.exid", "mptcrypt.hello.version", "mptcrypt.pkconf.cipher",
+              "mptcrypt.mac.tag", "mptcrypt.nextk1.index", "mptcrypt.nextk1.resume_id", "mptcrypt.nextk1.proof",
+              "mptcrypt.nextk2.proof", "mptcrypt.init.magic", "mptcrypt.init.version", "mptcrypt.init.type",
+              "mptcrypt.init.length", "mptcrypt.init1.pub_cipher", "mptcrypt.init1.sym_count",
+              "mptcrypt.init1.sym_cipher", "mptcrypt.init1.n_c", "mptcrypt.init1.k_c_len", "mptcrypt.init1.k_c",
+              "mptcrypt.init2.sym_cipher", "mptcrypt.init2.part_len", "mptcrypt.init2.k_s", "mptcrypt.init2.n_s",
+              "_ws.expert.message"]
+    hexes = lambda ids: ",".join(f"0x{int(c):02x}" for c in ids)  # noqa: E731
+    rows = tshark_fields(path1, fields)
+    first = [r for r in rows if r["tcp.dstport"] == str(PORT) or r["tcp.srcport"] == str(PORT)]
+    resumed = [r for r in rows if r["tcp.dstport"] == str(PORT + 1) or r["tcp.srcport"] == str(PORT + 1)]
+    by_msg = lambda flows, name: [r for r in flows if name in r["mptcrypt.message"].split(",")]  # noqa: E731
+
+    (hello,) = by_msg(first, "HELLO")
+    assert hello["tcp.flags.syn"] == "1" and hello["tcp.flags.ack"] == "0" and hello["mptcrypt.exid"] == "0x4d50"
+    assert hello["mptcrypt.hello.version"] == str(PROTOCOL_VERSION)
+    (pkconf,) = by_msg(first, "PKCONF")
+    assert pkconf["mptcrypt.pkconf.cipher"] == hexes(DEFAULT_PUB_CIPHERS)
+    (init1,) = by_msg(first, "INIT1")  # each exactly once: no retransmission on a quiet link
+    assert init1["mptcrypt.message"] == "INIT1 marker,INIT1"
+    assert (init1["mptcrypt.init.magic"], init1["mptcrypt.init.version"], init1["mptcrypt.init.type"]) == \
+        ("MPTC", str(PROTOCOL_VERSION), "3")
+    assert init1["mptcrypt.init.length"] == init1["tcp.len"]
+    assert init1["mptcrypt.init1.pub_cipher"] == hexes(DEFAULT_PUB_CIPHERS[:1])
+    assert init1["mptcrypt.init1.sym_count"] == str(len(DEFAULT_SYM_CIPHERS))
+    assert init1["mptcrypt.init1.sym_cipher"] == hexes(DEFAULT_SYM_CIPHERS)
+    assert len(bytes.fromhex(init1["mptcrypt.init1.n_c"])) == 32
+    assert init1["mptcrypt.init1.k_c_len"] == "32" and len(bytes.fromhex(init1["mptcrypt.init1.k_c"])) == 32
+    (init2,) = by_msg(first, "INIT2")
+    assert init2["mptcrypt.init.type"] == "4" and init2["mptcrypt.init.length"] == init2["tcp.len"]
+    assert init2["mptcrypt.init2.sym_cipher"] == hexes(DEFAULT_SYM_CIPHERS[:1])
+    assert init2["mptcrypt.init2.part_len"] == "64"
+    assert len(bytes.fromhex(init2["mptcrypt.init2.k_s"])) == 32 and len(bytes.fromhex(init2["mptcrypt.init2.n_s"])) == 32
+    macs = by_msg(first, "MAC")
+    assert len(macs) >= 256 * 1024 // 1448  # every data segment and ACK after the handshake
+    for r in macs:  # the tag is the last 8 bytes of the option area, after kind 253, length 12, ExID
+        assert r["tcp.options"].endswith("fd0c4d50" + r["mptcrypt.mac.tag"]), r
+    assert not [r for r in rows if r["_ws.expert.message"] and "mptcrypt" in r["_ws.expert.message"].lower()]
+
+    (nextk1,) = by_msg(resumed, "NEXTK1 resume")
+    assert nextk1["tcp.flags.syn"] == "1" and nextk1["tcp.flags.ack"] == "0"
+    assert len(bytes.fromhex(nextk1["mptcrypt.nextk1.resume_id"])) == 8
+    assert len(bytes.fromhex(nextk1["mptcrypt.nextk1.proof"])) == 8
+    (nextk2,) = by_msg(resumed, "NEXTK2")
+    assert nextk2["tcp.flags.syn"] == "1" and nextk2["tcp.flags.ack"] == "1"
+    assert len(bytes.fromhex(nextk2["mptcrypt.nextk2.proof"])) == 8
+    assert not by_msg(resumed, "HELLO") and not by_msg(resumed, "INIT1") and by_msg(resumed, "MAC")
+
+    join_rows = tshark_fields(path2, fields)
+    (join,) = by_msg(join_rows, "NEXTK1 join")
+    assert join["mptcrypt.nextk1.index"] == "1"  # the first odd index: the session's initiator joins
+    assert len(bytes.fromhex(join["mptcrypt.nextk1.proof"])) == 8
+    (join2,) = by_msg(join_rows, "NEXTK2")
+    assert len(bytes.fromhex(join2["mptcrypt.nextk2.proof"])) == 8
+    assert by_msg(join_rows, "MAC")
