@@ -34,7 +34,7 @@ def _json(node, *args):
 
 def _pcap_summary(path: str, port: int) -> dict:
     """Packets of the connection on one link: how many carry payload, how many a MAC option, marker seen?"""
-    from mptcrypt.wire.pcap import tcp_packets
+    from mptcrypt.tools.pcap import tcp_packets
 
     data = Path(path).read_bytes()
     out = {"packets": 0, "with_payload": 0, "with_mac": 0, "unprotected_data": 0, "marker_seen": MARKER in data}
@@ -51,7 +51,7 @@ def _pcap_summary(path: str, port: int) -> dict:
 
 
 def run(nbytes: int, console) -> int:
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo, mptcp_counters
 
     topo, *_ = load_topo(str(REPO / "topologies" / "two_path.py"))

@@ -10,20 +10,20 @@ go; the packets already queued are handled; then the queue is unbound, the socke
 a `finally`, so also on a crash. After `kill -9` they stay: fail-closed, traffic on the intercepted ports stops
 until a daemon starts again (it replaces the stale chains) or they are removed by hand.
 
-Tests and scripts start and stop daemons in a namespace with `spawn_in_netns(ns, *args)` and `stop(proc)`.
+The lab (tests, demo, attack suite, handover) starts and stops daemons in a namespace with
+`mptcrypt.topo.daemons.spawn_in_netns(ns, *args)` and `stop(proc)`.
 """
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import logging
 import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 
 from mptcrypt import __version__
@@ -40,7 +40,7 @@ from mptcrypt.errors import ConfigError, MptcryptError, NotRootError
 
 log = logging.getLogger("mptcrypt.daemon")
 
-ENGINE_ENV = "MPTCRYPT_ENGINE"  # hidden switch for edge tests: "passthrough" accepts everything and counts
+ENGINE_ENV = "MPTCRYPT_ENGINE"  # hidden switch for edge tests: "module:Class" of a stand-in engine
 READY_MARKER = "mptcrypt daemon ready"
 # Clean stop on each; SIGHUP too, so that closing the daemon's terminal does not leave fail-closed rules behind.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -57,15 +57,19 @@ def format_ports(ports: tuple[tuple[int, int], ...]) -> str:
 
 
 def make_engine(config: Config):
-    """The protocol engine; MPTCRYPT_ENGINE=passthrough selects the counting stand-in (edge tests only)."""
+    """The protocol engine; MPTCRYPT_ENGINE=module:Class selects a stand-in (edge tests only: the counting
+    pass-through engine lives in tests/integration/passthrough.py)."""
     choice = os.environ.get(ENGINE_ENV, "")
-    if choice == "passthrough":
-        from mptcrypt.daemon.passthrough import PassthroughEngine
-
-        log.warning("%s=passthrough: packets are counted, NOT protected", ENGINE_ENV)
-        return PassthroughEngine(config)
+    if ":" in choice:
+        module, _, name = choice.partition(":")
+        try:
+            engine = getattr(importlib.import_module(module), name)(config)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{ENGINE_ENV}={choice!r}: {exc} (leave it unset outside edge tests)") from None
+        log.warning("%s=%s: a stand-in engine, packets are NOT protected", ENGINE_ENV, choice)
+        return engine
     if choice not in ("", "core"):
-        raise ConfigError(f"unknown {ENGINE_ENV}={choice!r} (leave it unset, or 'passthrough' for edge tests)")
+        raise ConfigError(f"unknown {ENGINE_ENV}={choice!r} (leave it unset, or module:Class for edge tests)")
     try:
         from mptcrypt.core.engine import Engine
     except ModuleNotFoundError as exc:
@@ -278,74 +282,3 @@ def run_daemon(config: Config, verbose: bool = False, **options) -> int:
         )
     setup_logging(verbose)
     return Daemon(config, verbose=verbose, **options).run()
-
-
-# --- for tests and scripts: a daemon in a network namespace ------------------------------------------------------
-
-
-def spawn_in_netns(
-    ns: str | None,
-    *args: str,
-    env: dict[str, str] | None = None,
-    timeout: float = 15.0,
-    log_path: str | None = None,
-) -> subprocess.Popen:
-    """Start `mptcrypt daemon ARGS` in namespace `ns` (None: this one) and wait until it is ready.
-
-    Its output goes to a log file, `proc.log_path` (read it with `daemon_log(proc)`). Raises MptcryptError with the
-    log if the daemon exits or is not ready within `timeout` seconds (then it is killed). `ip netns exec` execs the
-    daemon in place, so `proc.pid` is the daemon's pid. Stop it with `stop(proc)`.
-    """
-    own_log = log_path is None
-    if own_log:
-        fd, log_path = tempfile.mkstemp(prefix=f"mptcrypt-daemon-{ns or 'here'}-", suffix=".log")
-        os.close(fd)
-    argv = [sys.executable, "-m", "mptcrypt", "daemon", *args]
-    if ns is not None:
-        argv = ["ip", "netns", "exec", ns, *argv]
-    full_env = dict(os.environ, **(env or {}))
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    while True:
-        if READY_MARKER in daemon_log(proc):
-            return proc
-        failed = None
-        if proc.poll() is not None:
-            failed = f"exited with {proc.returncode}"
-        elif time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            failed = f"was not ready in {timeout:g} s"
-        if failed:
-            output = daemon_log(proc)
-            if own_log:
-                os.unlink(log_path)
-            raise MptcryptError(f"the daemon in {ns or 'this namespace'} {failed}:\n{output}")
-        time.sleep(0.02)
-
-
-def daemon_log(proc: subprocess.Popen) -> str:
-    try:
-        with open(proc.log_path, errors="replace") as fh:  # type: ignore[attr-defined]
-            return fh.read()
-    except FileNotFoundError:
-        return ""
-
-
-def stop(proc: subprocess.Popen, timeout: float = 10.0, remove_log: bool = False) -> int:
-    """SIGTERM the daemon and wait (SIGKILL after `timeout` s). Returns its exit status (0 = clean stop)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if remove_log:
-        try:
-            os.unlink(proc.log_path)  # type: ignore[attr-defined]
-        except (FileNotFoundError, AttributeError):
-            pass
-    return proc.returncode

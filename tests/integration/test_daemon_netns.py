@@ -1,5 +1,5 @@
 """The daemon's edges against the real kernel: two namespaces joined by a veth, `mptcrypt daemon` with the REAL
-netfilterqueue and iptables but the pass-through engine (MPTCRYPT_ENGINE=passthrough), so what is tested is the
+netfilterqueue and iptables but the pass-through engine (tests/integration/passthrough.py), so what is tested is the
 queue, the rules, the control socket, shutdown and fail-closed behaviour, not the protocol.
 
 Needs root. Everything happens in namespaces `mptc-d-*` created and removed here; no rule touches the root
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from mptcrypt.daemon.main import daemon_log, spawn_in_netns, stop
+from mptcrypt.topo.daemons import daemon_log, spawn_in_netns, stop
 
 pytestmark = [
     pytest.mark.root,
@@ -28,7 +28,8 @@ IF_A, IF_B = f"mptc-d{TAG}a", f"mptc-d{TAG}b"
 ADDR_A, ADDR_B = "10.77.0.1", "10.77.0.2"
 ADDR6_A, ADDR6_B = "fd77::1", "fd77::2"
 PORT, OTHER_PORT = 5001, 5002
-PASSTHROUGH = {"MPTCRYPT_ENGINE": "passthrough"}
+PASSTHROUGH = {"MPTCRYPT_ENGINE": "passthrough:PassthroughEngine",
+               "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}  # tests/integration/passthrough.py
 
 # Counts the bytes of each connection and answers with the count. Dual-stack, two ports.
 SINK = r"""
@@ -221,10 +222,11 @@ def test_fail_open_lets_traffic_pass_after_kill9(start):
 
 
 CRASH = r"""
-import subprocess
+import subprocess, sys
+sys.path.insert(0, TESTDIR)
 from mptcrypt.core.config import Config
 from mptcrypt.daemon.main import Daemon
-from mptcrypt.daemon.passthrough import PassthroughEngine
+from passthrough import PassthroughEngine
 
 class Crashing(Daemon):
     def _loop(self, *args):
@@ -240,7 +242,7 @@ except RuntimeError as exc:
 
 
 def test_a_crash_in_the_loop_still_removes_the_rules(net):
-    res = in_ns(NS_B, sys.executable, "-c", CRASH)
+    res = in_ns(NS_B, sys.executable, "-c", CRASH.replace("TESTDIR", repr(PASSTHROUGH["PYTHONPATH"])))
     assert "rules while running 10" in res.stdout and "raised a bug in the loop" in res.stdout, res
     assert mptc_rules(NS_B) == 0
 

@@ -24,7 +24,7 @@ METRICS = "127.0.0.1:9464"
 @pytest.fixture(scope="module")
 def env():
     from conftest import netns_unavailable, topology_path
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo
 
     if netns_unavailable():
