@@ -35,9 +35,11 @@ _protect, _unprotect = datapath.protect, datapath.unprotect
 
 
 class Engine:
-    def __init__(self, config: Config | None = None, *, random=os.urandom):
+    def __init__(self, config: Config | None = None, *, random=os.urandom, key_log=None):
+        """`key_log(SubflowKeys)`, when given, is called as each subflow gets its keys (`--keylog`)."""
         self.config = config or Config()
         self._t = Table(self.config, random)
+        self._t.key_log = key_log
         self._flows = self._t.flows
         self.counters = self._t.counters
 

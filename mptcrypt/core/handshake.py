@@ -70,6 +70,7 @@ def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
             state.advance(sf, Ev.RECV_SYN_PLAIN)
             sf.plain_reason = "peer without mptcrypt"
             t.counters["fallbacks_plain"] += 1
+            t.event("plain", key, sf.plain_reason)  # for `mptcrypt monitor`
         return ACCEPT
     if sf is not None and sf.isn_remote == seq and sf.state is not None:
         ev = Ev.RECV_SYN_NEXTK1 if state.allowed(sf.state, Ev.RECV_SYN_NEXTK1) else Ev.RECV_SYN_HELLO
@@ -160,6 +161,7 @@ def plain_or_refuse(t: Table, sf: Subflow, seg: Segment, why: str) -> Result:
     sf.conn, sf.resumed = None, False  # a resumption we offered and the peer ignored: nothing of the session applies
     sf.plain_reason = why
     t.counters["fallbacks_plain"] += 1
+    t.event("plain", sf.key, why)  # for `mptcrypt monitor`
     return ACCEPT
 
 

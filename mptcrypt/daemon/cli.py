@@ -67,6 +67,9 @@ def register(sub) -> None:
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9464 (`mptcrypt stats --prometheus` "
                    "prints the same once)")
+    p.add_argument("--keylog", metavar="FILE",
+                   help="append every subflow's traffic keys to FILE (created 0600; also $MPTCRYPT_KEYLOGFILE) to "
+                   "decrypt captures with `mptcrypt decrypt`; debugging only (docs/keylog.md)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -117,6 +120,10 @@ def cmd_daemon(args) -> int:
         from mptcrypt.daemon.metrics import parse_listen
 
         options["metrics"] = parse_listen(args.metrics)
+    from mptcrypt.daemon.keylog import keylog_path
+
+    if keylog_path(args.keylog):
+        options["keylog"] = keylog_path(args.keylog)
     return run_daemon(config, verbose=args.verbose, **options)
 
 

@@ -31,12 +31,14 @@ from mptcrypt.constants import CONTROL_SOCKET
 from mptcrypt.core.config import Config
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
+from mptcrypt.daemon.keylog import KeyLog
 from mptcrypt.daemon.metrics import MetricsServer, exposition
 from mptcrypt.daemon.monitor import event_record
 from mptcrypt.daemon.notify import Notifier
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
 from mptcrypt.errors import ConfigError, MptcryptError, NotRootError
+from mptcrypt.wire.messages import PROTOCOL_VERSION
 
 log = logging.getLogger("mptcrypt.daemon")
 
@@ -56,7 +58,7 @@ def format_ports(ports: tuple[tuple[int, int], ...]) -> str:
     return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ports)
 
 
-def make_engine(config: Config):
+def make_engine(config: Config, key_log=None):
     """The protocol engine; MPTCRYPT_ENGINE=module:Class selects a stand-in (edge tests only: the counting
     pass-through engine lives in tests/integration/passthrough.py)."""
     choice = os.environ.get(ENGINE_ENV, "")
@@ -76,7 +78,7 @@ def make_engine(config: Config):
         if exc.name not in ("mptcrypt.core.engine",):
             raise
         raise MptcryptError("this mptcrypt build has no protocol engine (mptcrypt.core.engine is missing)") from None
-    return Engine(config)
+    return Engine(config, key_log=key_log)
 
 
 def _addr(value, what: str) -> tuple[str, int]:
@@ -100,7 +102,7 @@ class Daemon:
     """One daemon in the current network namespace. `run()` blocks until SIGTERM/SIGINT or `request_stop()`."""
 
     def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
-                 metrics: tuple[str, int] | None = None):
+                 metrics: tuple[str, int] | None = None, keylog: str | None = None):
         self.config = config
         self.engine = engine
         self.control_name = control_name
@@ -110,6 +112,8 @@ class Daemon:
         self.worker: QueueWorker | None = None
         self.notifier = Notifier.from_env()  # systemd Type=notify; a no-op outside systemd
         self.metrics_address = metrics  # --metrics ADDRESS:PORT: Prometheus scrape endpoint
+        self.keylog_path = keylog  # --keylog FILE / MPTCRYPT_KEYLOGFILE: subflow traffic keys (daemon/keylog.py)
+        self.keylog: KeyLog | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         self.stop_reason = reason
@@ -129,6 +133,7 @@ class Daemon:
                 "fail_open": self.config.fail_open,
                 "engine": getattr(engine, "name", type(engine).__name__),
                 "version": __version__,
+                "keylog": self.keylog_path,
             }
         if cmd == "sessions":
             return {"ok": True, "sessions": engine.sessions()}
@@ -170,7 +175,11 @@ class Daemon:
                 old_handlers[signum] = signal.signal(signum, self._on_signal)
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
             if self.engine is None:
-                self.engine = make_engine(config)
+                if self.keylog_path:
+                    self.keylog = KeyLog(self.keylog_path, PROTOCOL_VERSION)
+                    log.warning("KEY LOG ON: every subflow's traffic keys go to %s; whoever reads it can decrypt "
+                                "captured traffic. Use it for debugging only, then delete it", self.keylog_path)
+                self.engine = make_engine(config, key_log=self.keylog)
             raw = RawSocket()
             worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
             worker.on_events = lambda events: control.publish([event_record(e) for e in events])
@@ -204,6 +213,9 @@ class Daemon:
                 signal.signal(signum, handler)
             wake_r.close()
             wake_w.close()
+        if self.keylog is not None:
+            log.warning("key log %s: %d subflows logged while this daemon ran", self.keylog_path, self.keylog.lines)
+            self.keylog.close()
         log.info("mptcrypt daemon stopped")
         return 0
 

@@ -39,8 +39,10 @@ def env():
     daemons = {}
     try:
         daemons["server"] = spawn_in_netns("mptc-server", "--ports", "5000-5099", "--metrics", METRICS,
-                                           env={"NOTIFY_SOCKET": os.path.join(tmp, "notify")})
-        daemons["client"] = spawn_in_netns("mptc-client", "--ports", "5000-5099")
+                                           env={"NOTIFY_SOCKET": os.path.join(tmp, "notify"),
+                                                "MPTCRYPT_KEYLOGFILE": os.path.join(tmp, "server.keys")})
+        daemons["client"] = spawn_in_netns("mptc-client", "--ports", "5000-5099", "--keylog",
+                                           os.path.join(tmp, "client.keys"))
         yield {"net": net, "daemons": daemons, "notify": notify, "tmp": tmp, "stop": stop}
     finally:
         for proc in daemons.values():
@@ -145,12 +147,6 @@ def test_metrics_scrape_and_stats_prometheus_agree(env):
         assert sum(v for (n, _), v in m.items() if n == "mptcrypt_connections_by_state") >= 1
 
 
-def test_stopping_notification(env):
-    proc = env["daemons"].pop("server")
-    assert env["stop"](proc, remove_log=True) == 0
-    assert notifications(env["notify"]) == {"STOPPING": "1"}
-
-
 def tshark_fields(pcap: str, fields: list[str], display_filter: str = "mptcrypt") -> list[dict[str, str]]:
     """One dict per packet the filter keeps: field -> value (repeated fields joined with ',')."""
     from mptcrypt.wireshark import dissector_path
@@ -223,3 +219,66 @@ def test_dissector_names_every_field_of_a_real_capture(env):
     (join2,) = by_msg(join_rows, "NEXTK2")
     assert len(bytes.fromhex(join2["mptcrypt.nextk2.proof"])) == 8
     assert by_msg(join_rows, "MAC")
+
+
+def test_keylog_files_and_warning(env):
+    from mptcrypt.daemon.keylog import read_keylog
+    from mptcrypt.topo.daemons import daemon_log
+
+    client, server = (os.path.join(env["tmp"], f"{h}.keys") for h in ("client", "server"))
+    for path in (client, server):
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    assert "KEY LOG ON" in daemon_log(env["daemons"]["client"])
+    entries = read_keylog(client)
+    # the first subflow, its join (index 1) and the resumed connection, as the client's engine keyed them
+    assert sorted(e.index for e in entries) == [0, 1, 3]  # the initiator's indices are odd
+    assert {e.responder for e in entries} == {("10.0.1.1", PORT), ("10.0.1.1", PORT + 1)}
+    assert {e.initiator[0] for e in entries} == {"10.0.1.2", "10.0.2.2"}
+    server_entries = read_keylog(server)  # the server's daemon logged the same keys (through $MPTCRYPT_KEYLOGFILE)
+    assert sorted(server_entries, key=lambda e: e.index) == sorted(entries, key=lambda e: e.index)
+
+
+def test_decrypt_a_captured_transfer_and_flag_a_tampered_segment(env):
+    from mptcrypt.wireshark.decrypt import decrypt_file
+    from mptcrypt.wireshark.pcapng import Frame, read_frames, write_pcapng
+
+    keys = os.path.join(env["tmp"], "client.keys")
+    plain_hits = 0
+    for pcap in env["pcaps"]:
+        with open(pcap, "rb") as fh:
+            assert MARKER.encode() not in fh.read()  # the link never carried the plaintext
+        out = pcap + ".decrypted.pcapng"
+        run = subprocess.run([PY, "-m", "mptcrypt", "decrypt", pcap, "--keylog", keys, "-w", out],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        rows = tshark_fields(out, ["frame.number", "mptcrypt.verdict", "tcp.options"],
+                             f'frame contains "{MARKER}"')
+        plain_hits += len(rows)
+        assert all(r["mptcrypt.verdict"] == "MAC ok" for r in rows)
+        assert all("fd0c4d50" not in r["tcp.options"] for r in rows)  # MAC option removed
+        verdicts = tshark_fields(out, ["mptcrypt.verdict"], "mptcrypt.verdict")
+        assert verdicts and all(v["mptcrypt.verdict"] == "MAC ok" for v in verdicts)
+    assert plain_hits >= 1
+
+    # one data segment of path 1 with a flipped payload bit: the tool says bad MAC, the dissector shows it
+    frames = list(read_frames(open(env["pcaps"][0], "rb").read()))
+    data = [i for i, f in enumerate(frames) if len(f.data) > 1000]
+    victim = data[len(data) // 2]
+    bad = bytearray(frames[victim].data)
+    bad[-100] ^= 0x01
+    frames[victim] = Frame(frames[victim].time, bytes(bad))
+    tampered = os.path.join(env["tmp"], "tampered.pcapng")
+    with open(tampered, "wb") as fh:
+        write_pcapng(fh, frames)
+    counts = decrypt_file(tampered, keys, tampered + ".out.pcapng")
+    assert counts["bad_mac"] == 1 and counts["mac_ok"] > 100
+    rows = tshark_fields(tampered + ".out.pcapng", ["frame.number", "mptcrypt.verdict", "_ws.expert.message"],
+                         'mptcrypt.verdict == "bad MAC"')
+    assert [int(r["frame.number"]) for r in rows] == [victim + 1]
+    assert "MAC does not verify" in rows[0]["_ws.expert.message"]
+
+
+def test_stopping_notification(env):
+    proc = env["daemons"].pop("server")
+    assert env["stop"](proc, remove_log=True) == 0
+    assert notifications(env["notify"]) == {"STOPPING": "1"}
