@@ -161,12 +161,7 @@ class MetricsServer:
         for conn in list(self.clients):
             self._drop(conn)
         if self.sock is not None:
-            if self.selector is not None:
-                try:
-                    self.selector.unregister(self.sock)
-                except (KeyError, ValueError):
-                    pass
-            self.sock.close()
+            self._drop(self.sock)  # unregisters and closes the listening socket too
             self.sock = None
 
     def _on_accept(self, _mask: int) -> None:
@@ -211,8 +206,9 @@ class MetricsServer:
 
     def _drop(self, conn: socket.socket) -> None:
         self.clients.pop(conn, None)
-        try:
-            self.selector.unregister(conn)
-        except (KeyError, ValueError):
-            pass
+        if self.selector is not None:
+            try:
+                self.selector.unregister(conn)
+            except (KeyError, ValueError):
+                pass
         conn.close()
