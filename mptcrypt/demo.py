@@ -1,6 +1,6 @@
 """The main job: mptcrypt on an emulated two-path network, shown end to end.
 
-    sudo python -m mptcrypt.demo            (or `make demo` on a fresh machine)
+    python -m mptcrypt.demo            (as root; or `make demo` on a fresh machine)
 
 Brings up topologies/two_path.py, starts a daemon on the client and on the server, captures both links, sends
 16 MiB over one MPTCP connection (two subflows), then shows: the connection on each host with its two protected
@@ -28,8 +28,9 @@ FALLBACKS = ("MPTcpExtMPCapableFallbackACK", "MPTcpExtMPCapableFallbackSYNACK", 
              "MPTcpExtMPCapableDataFallback")
 
 
-def _json(node, *args):
-    return json.loads(node.run([PY, "-m", "mptcrypt", *args, "--json"]).stdout)
+def _json(node, what):
+    """`mptcrypt sessions|stats --json` in the node's namespace -> its rows / counters."""
+    return json.loads(node.run([PY, "-m", "mptcrypt", what, "--json"]).stdout)[what]
 
 
 def _pcap_summary(path: str, port: int) -> dict:
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--mib", type=int, default=16, help="MiB to send (default 16)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
-        print("mptcrypt demo: needs root (network namespaces, iptables): run it with sudo", file=sys.stderr)
+        print("mptcrypt demo: needs root (network namespaces, iptables): run it as root", file=sys.stderr)
         return 77
     from rich.console import Console
 

@@ -43,6 +43,12 @@ class Engine:
         self._flows = self._t.flows
         self.counters = self._t.counters
 
+    def reconfigure(self, config: Config) -> None:
+        """Policy, rules, ciphers and limits for what comes next (the daemon's SIGHUP); live flows keep their keys."""
+        self.config = self._t.config = config
+        self._t.pub_list = bytes(config.pub_ciphers)
+        self._t.sym_list = bytes(config.sym_ciphers)
+
     # ------------------------------------------------------------------ public surface
     def handle(self, packet: bytes, outbound: bool, now: float) -> Result:
         c = self.counters

@@ -59,11 +59,11 @@ def env(request):
 
 
 def stats(net, host) -> dict:
-    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout)
+    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout)["stats"]
 
 
 def sessions(net, host) -> list[dict]:
-    return json.loads(net[host].run([PY, "-m", "mptcrypt", "sessions", "--json"]).stdout)
+    return json.loads(net[host].run([PY, "-m", "mptcrypt", "sessions", "--json"]).stdout)["sessions"]
 
 
 def nstat(net, host) -> dict:

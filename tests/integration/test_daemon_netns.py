@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -101,7 +102,7 @@ def mptcrypt(ns: str, *args: str, timeout: float = 20) -> subprocess.CompletedPr
 def stats(ns: str) -> dict:
     res = mptcrypt(ns, "stats", "--json")
     assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    return json.loads(res.stdout)["stats"]
 
 
 def mptc_rules(ns: str) -> int:
@@ -190,6 +191,38 @@ def test_traffic_status_second_daemon_and_clean_stop(start):
     assert send(ADDR_B, nbytes=1000).returncode == 0  # no daemon, no rules: plain again
 
 
+def wait_for_log(proc: subprocess.Popen, text: str, timeout: float = 10.0) -> None:
+    """Until the daemon's log shows `text` (a readiness wait: the test asserts on what follows, not on time)."""
+    deadline = time.monotonic() + timeout
+    while text not in daemon_log(proc):
+        assert proc.poll() is None and time.monotonic() < deadline, (text, daemon_log(proc))
+        time.sleep(0.02)
+
+
+def test_sighup_reloads_the_policy_and_a_bad_file_keeps_the_running_one(start, tmp_path):
+    path = tmp_path / "mptcrypt.toml"
+    path.write_text('policy = "opportunistic"\n')
+    daemon = start(NS_B, "--ports", f"{PORT}", "--config", str(path), env={})  # the real engine: policy matters
+    assert send(ADDR_B).returncode == 0  # A runs no daemon: plain, and opportunistic lets it through
+
+    path.write_text('policy = "required"\n')
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for_log(daemon, "reloaded configuration (policy required")
+    refused = send(ADDR_B)
+    assert refused.returncode == 1 and "Connection refused" in refused.stdout, refused
+    status = json.loads(mptcrypt(NS_B, "status", "--json").stdout)
+    assert (status["running"], status["pid"], status["policy"], status["reloads"]) == (True, daemon.pid, "required", 1)
+
+    path.write_text('policy = "off"\n[[rule]]\nport = "22"\npolicy = "off"\npeers = "10.77.0.0/24"\n')
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for_log(daemon, "reload failed, the running configuration stays")
+    assert "rule 1: unknown key 'peers'" in daemon_log(daemon)
+    assert send(ADDR_B).returncode == 1  # still required
+    assert json.loads(mptcrypt(NS_B, "status", "--json").stdout)["reloads"] == 1
+    assert stop(daemon) == 0 and "Traceback" not in daemon_log(daemon)
+    assert mptc_rules(NS_B) == 0
+
+
 def test_kill9_fails_closed_then_restart_replaces_stale_chains(start):
     daemon = start(NS_B, "--ports", f"{PORT}")
     assert send(ADDR_B).returncode == 0
@@ -224,7 +257,7 @@ def test_fail_open_lets_traffic_pass_after_kill9(start):
 CRASH = r"""
 import subprocess, sys
 sys.path.insert(0, TESTDIR)
-from mptcrypt.core.config import Config
+from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.daemon.main import Daemon
 from passthrough import PassthroughEngine
 
@@ -235,7 +268,7 @@ class Crashing(Daemon):
         raise RuntimeError("a bug in the loop")
 
 try:
-    Crashing(Config(), engine=PassthroughEngine()).run()
+    Crashing(DaemonConfig(), engine=PassthroughEngine()).run()
 except RuntimeError as exc:
     print("raised", exc)
 """

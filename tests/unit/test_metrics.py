@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mptcrypt.core.config import Config
+from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.daemon.main import Daemon
 from mptcrypt.daemon.metrics import LatencyHistogram, MetricsServer, exposition, parse_listen
 from mptcrypt.daemon.nfqueue import QueueWorker
@@ -87,7 +87,7 @@ class FakeEngine:
 
 def test_daemon_metrics_text_and_scrape():
     """The daemon's exposition served by MetricsServer from a selector loop, scraped over HTTP."""
-    daemon = Daemon(Config(), engine=FakeEngine())
+    daemon = Daemon(DaemonConfig(), engine=FakeEngine())
     daemon.worker = QueueWorker(daemon.engine, 0, lambda _p: None)
     daemon.worker.latency.observe(3e-5)
     assert daemon.handle_request({"cmd": "metrics"})["text"] == daemon.metrics_text()

@@ -7,7 +7,7 @@ import selectors
 import threading
 import time
 
-from mptcrypt.core.config import Config
+from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.core.events import Event
 from mptcrypt.daemon import control as control_mod
 from mptcrypt.daemon.control import ControlServer
@@ -31,7 +31,7 @@ def test_event_record_names():
 
 def test_monitor_streams_published_events_and_is_never_reaped():
     name = f"\0mptcrypt-test-monitor-{os.getpid()}"
-    daemon = Daemon(Config(), engine=object())
+    daemon = Daemon(DaemonConfig(), engine=object())
     clock = [0.0]
     server = ControlServer(daemon.handle_request, name, clock=lambda: clock[0])
     server.bind()

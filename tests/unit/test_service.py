@@ -99,9 +99,9 @@ def test_install_uninstall(tmp_path, monkeypatch):
     written = service.install(str(units), str(config))
     assert written == [str(units / service.UNIT_NAME), str(config)]
     assert (units / service.UNIT_NAME).read_text() == service.render(config=str(config))
-    from mptcrypt.core.config import Config
+    from mptcrypt.daemon.config import load_config
 
-    assert Config.load(config).policy.value == "opportunistic"  # the commented default loads
+    assert load_config(config).policy.value == "opportunistic"  # the commented default loads
     config.write_text('policy = "required"\n')
     assert service.install(str(units), str(config)) == [str(units / service.UNIT_NAME)]  # config kept
     assert config.read_text() == 'policy = "required"\n'
