@@ -16,7 +16,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from mptcrypt.errors import MptcryptError
+from mptcrypt.errors import MptcryptError, NotRootError
 
 UNIT_NAME = "mptcrypt.service"
 UNIT_DIR = "/etc/systemd/system"
@@ -114,4 +114,4 @@ def cmd_service(args) -> int:
             print(f"{UNIT_NAME} is not installed in {args.unit_dir}")
         return 0
     except PermissionError as exc:
-        raise MptcryptError(f"{exc.filename}: permission denied (run as root)") from None
+        raise NotRootError(f"{exc.filename}: permission denied (run as root)") from None

@@ -278,6 +278,15 @@ def test_decrypt_a_captured_transfer_and_flag_a_tampered_segment(env):
     assert "MAC does not verify" in rows[0]["_ws.expert.message"]
 
 
+def test_reload_notifications(env):
+    import signal
+
+    env["daemons"]["server"].send_signal(signal.SIGHUP)  # what `systemctl reload` sends (ExecReload)
+    reloading = notifications(env["notify"])
+    assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+    assert notifications(env["notify"])["READY"] == "1"
+
+
 def test_stopping_notification(env):
     proc = env["daemons"].pop("server")
     assert env["stop"](proc, remove_log=True) == 0
