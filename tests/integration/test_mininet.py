@@ -126,15 +126,15 @@ def test_protected_two_subflow_transfer_on_real_mininet(tmp_path):
         got = json.loads(sink.stdout.readline())
         assert got["sha256"] == sent["sha256"] and got["bytes"] == nbytes
 
-        stats = {h.name: json.loads(h.cmd(f"{PY} -m mptcrypt stats --json")) for h in (client, server)}
+        stats = {h.name: json.loads(h.cmd(f"{PY} -m mptcrypt stats --json"))["stats"] for h in (client, server)}
         for side in ("client", "server"):
             assert stats[side]["joins_protected"] == 1 and stats[side]["pk_ops"] == 1, stats[side]
             assert stats[side]["mac_failures"] == 0 and stats[side]["segments_verified"] > 100
-        rows = json.loads(client.cmd(f"{PY} -m mptcrypt sessions --json"))
+        rows = json.loads(client.cmd(f"{PY} -m mptcrypt sessions --json"))["sessions"]
         (conn,) = [r for r in rows if r["remote"] == f"10.0.1.1:{PORT}"]
         assert conn["protected"] and conn["mptcp"]
         assert sorted(s["local"].split(":")[0] for s in conn["subflows"]) == ["10.0.1.2", "10.0.2.2"]
-        server_rows = json.loads(server.cmd(f"{PY} -m mptcrypt sessions --json"))
+        server_rows = json.loads(server.cmd(f"{PY} -m mptcrypt sessions --json"))["sessions"]
         assert conn["sid"] in [r["sid"] for r in server_rows]  # one session ID at both ends
 
         stop(tcpdump)
