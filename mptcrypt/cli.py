@@ -15,6 +15,9 @@ SUBCOMMAND_MODULES = (
     "mptcrypt.topo.cli",
     "mptcrypt.attacks.cli",
     "mptcrypt.handover.cli",
+    "mptcrypt.packaging.service",
+    "mptcrypt.daemon.monitor",
+    "mptcrypt.wireshark.cli",
 )
 
 

@@ -24,6 +24,7 @@ APT_PACKAGES=(
   ethtool                 # offload settings of the emulated links, for measuring by hand
   iputils-ping            # ping: reachability and loss tests of the topologies
   mininet                 # its Python library: topology files also load with the real mininet.topo.Topo
+  systemd                 # systemd-analyze: the test verifying mptcrypt/packaging/mptcrypt.service
 )
 
 # Every program the code, tests, benchmarks, demo or CLI start (subprocess, `ip netns exec`, node.run/cmd/popen),
@@ -34,7 +35,7 @@ REQUIRED_COMMANDS=(
   ip6tables ip6tables-save ip6tables-restore                          # iptables
   sysctl                                                              # procps
   gcc                                                                 # build-essential
-  tcpdump tshark mptcpize curl ping                                   # their packages
+  tcpdump tshark mptcpize curl ping systemd-analyze                   # their packages
   sh cat sleep                                                        # base system
 )
 

@@ -66,7 +66,14 @@ def cmd_attack(args) -> int:
         settings.duration = args.duration
         settings.observe = args.duration + 0.6
     t0 = time.monotonic()
-    cells = Runner(args.names or None, targets, settings, keep_raw=args.raw).run()
+    from mptcrypt.progress import Progress
+
+    with Progress(1, "attack") as bar:
+        def progress(done: int, total: int, label: str) -> None:
+            bar.total = total
+            bar.update(done, label)
+
+        cells = Runner(args.names or None, targets, settings, keep_raw=args.raw, progress=progress).run()
     seconds = round(time.monotonic() - t0, 1)
     doc = to_json(cells, seconds, raw=args.raw)
     if args.json:

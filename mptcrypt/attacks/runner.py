@@ -289,8 +289,10 @@ class Runner:
         topology: str | os.PathLike = TOPOLOGY,
         base_port: int = BASE_PORT,
         keep_raw: bool = False,
+        progress: Callable[[int, int, str], None] | None = None,
     ) -> None:
         self.attacks = list(attacks or ATTACKS)
+        self.progress = progress
         self.targets = tuple(targets)
         self.settings = settings or Settings()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -311,11 +313,14 @@ class Runner:
         try:
             self.log(f"topology {os.path.basename(self.topology)} up in {time.monotonic() - t0:.1f} s")
             self._prepare_attacker(net)
-            for target in self.targets:
-                for name in self.attacks:
-                    module = get_attack(name)
-                    for variant in _variants(module, target):
-                        self.cells.append(self._cell(net, daemons, module, name, target, variant))
+            plan = [(get_attack(name), name, target, variant) for target in self.targets for name in self.attacks
+                    for variant in _variants(get_attack(name), target)]
+            for i, (module, name, target, variant) in enumerate(plan):
+                if self.progress is not None:  # progress(cells done, cells in all, next cell)
+                    self.progress(i, len(plan), f"{name} vs {target}" + (f" ({variant})" if variant else ""))
+                self.cells.append(self._cell(net, daemons, module, name, target, variant))
+            if self.progress is not None:
+                self.progress(len(plan), len(plan), "done")
         finally:
             daemons.stop()
             net.stop()

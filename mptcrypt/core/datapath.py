@@ -25,7 +25,7 @@ SIGNAL_SUBTYPES = (Subtype.ADD_ADDR, Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subty
                    Subtype.MP_TCPRST)
 
 
-def _extended(seg: Segment, seq_ref: int, ack_ref: int) -> tuple[int, int]:
+def extended(seg: Segment, seq_ref: int, ack_ref: int) -> tuple[int, int]:
     """The segment's 64-bit extended seq and ack (0 without ACK): the numbers closest to the references whose low
     32 bits are the segment's. DecodeError for a number before the connection's ISN (it would be negative)."""
     ext_seq = seq_ref + ((seg.seq - seq_ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
@@ -37,7 +37,7 @@ def _extended(seg: Segment, seq_ref: int, ack_ref: int) -> tuple[int, int]:
 
 def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     flags = seg.flags
-    ext_seq, ext_ack = _extended(seg, sf.out_ref, sf.in_ref)
+    ext_seq, ext_ack = extended(seg, sf.out_ref, sf.in_ref)
     if sf.bytes_out >= sf.tx_rekey_bytes or now >= sf.tx_rekey_time:
         _rekey(t, sf, now)
     packet = seg.packet
@@ -62,7 +62,7 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     """The kernel packet, DROP on a MAC failure, None when the segment carries no MAC option (the caller decides:
     a duplicate INIT, or an injection)."""
     flags = seg.flags
-    ext_seq, ext_ack = _extended(seg, sf.in_ref, sf.out_ref)
+    ext_seq, ext_ack = extended(seg, sf.in_ref, sf.out_ref)
     out = sf.rx.open(seg.packet, seg.l4, ext_seq, ext_ack)
     c = t.counters
     if out is None:

@@ -38,12 +38,14 @@ _protect, _unprotect = datapath.protect, datapath.unprotect
 
 
 class Engine:
-    def __init__(self, config: Config | None = None, *, random=os.urandom, socket_alive=None):
+    def __init__(self, config: Config | None = None, *, random=os.urandom, socket_alive=None, key_log=None):
         """`socket_alive(keys)`: the flow keys (local addr bytes, local port, remote addr bytes, remote port) whose
         socket the local kernel still has; asked before an idle protected flow is reclaimed (the daemon answers
-        with sock_diag). None: idle flows are reclaimed on the idle timeout alone."""
+        with sock_diag). None: idle flows are reclaimed on the idle timeout alone.
+        `key_log(SubflowKeys)`, when given, is called as each subflow gets its keys (`--keylog`)."""
         self.config = config or Config()
         self._t = Table(self.config, random, socket_alive)
+        self._t.key_log = key_log
         self._flows = self._t.flows
         self.counters = self._t.counters
 

@@ -30,3 +30,18 @@ class Event:
     kind: str
     flow: str  # "src:sport > dst:dport"
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubflowKeys:
+    """A subflow's traffic keys, handed to the engine's `key_log` hook (`--keylog`, docs/keylog.md) when it is set.
+    Direction a is from the subflow's initiator (the host that sent its SYN) to the responder."""
+
+    initiator: tuple[bytes, int]  # address (packed), port
+    responder: tuple[bytes, int]
+    isn_a: int  # the initiator's ISN
+    isn_b: int
+    index: int  # ss[index] keyed the subflow
+    suite: int  # SymCipher
+    a: object  # crypto.keyschedule.DirectionSecrets of direction a
+    b: object

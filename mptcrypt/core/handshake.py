@@ -65,6 +65,7 @@ def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
             state.advance(sf, Ev.RECV_SYN_PLAIN)
             sf.plain_reason = "peer without mptcrypt"
             t.counters["fallbacks_plain"] += 1
+            t.event("plain", key, sf.plain_reason)  # for `mptcrypt monitor`
         return ACCEPT
     sf = t.new_flow(key, False, policy, now)
     if sf is None:
@@ -186,6 +187,7 @@ def plain_or_refuse(t: Table, sf: Subflow, seg: Segment, why: str) -> Result:
     sf.conn, sf.resumed = None, False  # a resumption we offered and the peer ignored: nothing of the session applies
     sf.plain_reason = why
     t.counters["fallbacks_plain"] += 1
+    t.event("plain", sf.key, why)  # for `mptcrypt monitor`
     return ACCEPT
 
 

@@ -9,11 +9,12 @@ a handshake timer, the pending events and the counters. The phase modules (`hand
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 from mptcrypt.constants import PubCipher
 from mptcrypt.core import state
 from mptcrypt.core.config import Config
-from mptcrypt.core.events import DROP, Event, Result, Verdict
+from mptcrypt.core.events import DROP, Event, Result, SubflowKeys, Verdict
 from mptcrypt.core.session import Connection, Session, Subflow, fmt_flow
 from mptcrypt.core.state import Ev
 from mptcrypt.crypto import keyschedule as ks
@@ -64,6 +65,7 @@ class Table:
         self.pub_list = bytes(config.pub_ciphers)
         self.sym_list = bytes(config.sym_ciphers)
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.key_log: Callable[[SubflowKeys], None] | None = None  # key log hook (Engine(key_log=...)); off: None
 
     # --- events and counters ----------------------------------------------------------------------------
     def event(self, kind: str, key, detail: str = "") -> None:
@@ -239,6 +241,8 @@ class Table:
             self.register_resume(conn.session)
         self.event("protected", sf.key, f"{'join' if sf.join else 'resumed' if resumed else 'new'} "
                    f"index {sf.index} sid {conn.sid.hex()[:16]}")
+        if self.key_log is not None:  # --- key log hook: this subflow's traffic keys, for `mptcrypt decrypt` ---
+            self.key_log(subflow_keys(sf))
 
     def count_keyed(self, pk_ops_delta: int) -> None:
         """After a packet: attribute its public-key operations to the subflows it keyed, and count them.
@@ -295,3 +299,13 @@ class Table:
                 rid = ks.resume_id(session.chain.ss(i))
                 self.resume[rid] = (session, i)
                 session.resume_ids[i] = rid
+
+
+def subflow_keys(sf: Subflow) -> SubflowKeys:
+    """The key log's view of a keyed subflow: both directions' secrets of ss[index], in initiator order."""
+    la, lp, ra, rp = sf.key
+    ss = sf.conn.session.chain.ss(sf.index)
+    ends = ((la, lp), (ra, rp)) if sf.initiator else ((ra, rp), (la, lp))
+    isns = (sf.isn_local, sf.isn_remote) if sf.initiator else (sf.isn_remote, sf.isn_local)
+    return SubflowKeys(ends[0], ends[1], isns[0], isns[1], sf.index, sf.conn.session.sym_cipher,
+                       ks.direction_secrets(ss, True), ks.direction_secrets(ss, False))

@@ -96,6 +96,12 @@ def register(sub) -> None:
         help="graceful restart: take the live sessions over from the daemon running in this namespace (in memory), "
         "which then exits leaving its rules in place",
     )
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9464 (`mptcrypt stats --prometheus` "
+                   "prints the same once)")
+    p.add_argument("--keylog", metavar="FILE",
+                   help="append every subflow's traffic keys to FILE (created 0600; also $MPTCRYPT_KEYLOGFILE) to "
+                   "decrypt captures with `mptcrypt decrypt`; debugging only (docs/keylog.md)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -129,6 +135,8 @@ def register(sub) -> None:
         "daemon runs.",
     )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("--prometheus", action="store_true", help="print them once in Prometheus text format "
+                   "(what `mptcrypt daemon --metrics` serves)")
     p.set_defaults(func=cmd_stats)
 
 
@@ -148,8 +156,18 @@ def cmd_daemon(args) -> int:
     from mptcrypt.daemon.main import run_daemon
 
     config = load_config(args.config, **overrides)
-    return run_daemon(config, verbose=args.verbose, loader=lambda: load_config(args.config, **overrides),
-                      **({"takeover": True} if args.takeover else {}))
+    options = {}
+    if args.metrics:
+        from mptcrypt.daemon.metrics import parse_listen
+
+        options["metrics"] = parse_listen(args.metrics)
+    from mptcrypt.daemon.keylog import keylog_path
+
+    if keylog_path(args.keylog):
+        options["keylog"] = keylog_path(args.keylog)
+    if args.takeover:
+        options["takeover"] = True
+    return run_daemon(config, verbose=args.verbose, loader=lambda: load_config(args.config, **overrides), **options)
 
 
 def _ask(args, what: str, call):
@@ -206,6 +224,9 @@ def cmd_sessions(args) -> int:
 def cmd_stats(args) -> int:
     from mptcrypt.daemon.control import ControlClient
 
+    if args.prometheus:
+        sys.stdout.write(ControlClient().request("metrics")["text"])
+        return 0
     stats = _ask(args, "stats", ControlClient().stats)
     if args.json:
         _print_json({"running": True, "stats": stats})

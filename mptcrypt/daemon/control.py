@@ -11,6 +11,8 @@ likes::
     {"cmd": "sessions"}  -> {"ok": true, "sessions": [...]}
     {"cmd": "stats"}     -> {"ok": true, "stats": {...}, "edge": {...}}
     {"cmd": "sid", "local": ["10.0.0.1", 40000], "remote": ["10.0.0.2", 80]}  -> {"ok": true, "sid": "ab12..." | null}
+    {"cmd": "monitor"}   -> {"ok": true, "subscribe": true}, then one line per engine event (`publish`) until
+                            the client closes (`mptcrypt monitor`; a subscriber is never reaped as idle)
     anything wrong       -> {"ok": false, "error": "what was wrong"}
 
 Every command is read-only. Any local user of the namespace may connect (abstract sockets carry no file mode), as
@@ -40,6 +42,7 @@ log = logging.getLogger("mptcrypt.control")
 MAX_REQUEST = 64 * 1024  # bytes of one request line
 MAX_RESPONSE = 256 << 20  # the client refuses to buffer more than this
 MAX_CLIENTS = 32
+MAX_BACKLOG = 1 << 20  # bytes of events a subscriber may leave unread before it is dropped
 CLIENT_IDLE = 30.0  # seconds a connection may stay open without a request in progress
 RECV_CHUNK = 65536
 SEND_CHUNK = 1 << 20
@@ -61,7 +64,7 @@ def peer_pid(name: str = CONTROL_SOCKET, timeout: float = 1.0) -> int | None:
 
 
 class _Client:
-    __slots__ = ("sock", "inbuf", "outbuf", "last", "closing")
+    __slots__ = ("sock", "inbuf", "outbuf", "last", "closing", "subscribed")
 
     def __init__(self, sock: socket.socket, now: float):
         self.sock = sock
@@ -69,6 +72,7 @@ class _Client:
         self.outbuf = bytearray()
         self.last = now
         self.closing = False
+        self.subscribed = False
 
 
 class ControlServer:
@@ -127,7 +131,7 @@ class ControlServer:
         """Drop connections idle for longer than CLIENT_IDLE. Call now and then from the loop."""
         now = self.clock() if now is None else now
         for fd, client in list(self.clients.items()):
-            if now - client.last > CLIENT_IDLE:
+            if now - client.last > CLIENT_IDLE and not client.subscribed:
                 self._drop(fd)
 
     # --- events ----------------------------------------------------------------------------------------------
@@ -191,6 +195,8 @@ class ControlServer:
             response = {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
         else:
             response = self.dispatch(line)
+            if response.get("subscribe") is True:
+                client.subscribed = True
         client.outbuf += json.dumps(response, separators=(",", ":"), default=str).encode() + b"\n"
 
     def dispatch(self, line: bytes) -> dict:
@@ -210,6 +216,21 @@ class ControlServer:
         except Exception as exc:  # a bug in a handler must not take the daemon down
             log.exception("control request %r failed", request.get("cmd"))
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+
+    def publish(self, messages: list[dict]) -> None:
+        """Send `messages` (one JSON line each) to every subscriber; one that lags MAX_BACKLOG bytes is dropped."""
+        subscribers = [(fd, c) for fd, c in self.clients.items() if c.subscribed and not c.closing]
+        if not subscribers:
+            return
+        data = b"".join(json.dumps(m, separators=(",", ":"), default=str).encode() + b"\n" for m in messages)
+        for fd, client in subscribers:
+            if fd in self.clients:
+                if len(client.outbuf) + len(data) > MAX_BACKLOG:
+                    log.warning("control socket: dropped a monitor that did not read its events")
+                    self._drop(fd)
+                    continue
+                client.outbuf += data
+                self._write(fd, client)
 
     def _write(self, fd: int, client: _Client) -> None:
         while client.outbuf:

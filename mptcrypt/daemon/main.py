@@ -36,9 +36,14 @@ from mptcrypt.core.config import Policy
 from mptcrypt.daemon.config import DaemonConfig, describe, format_ports
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
+from mptcrypt.daemon.keylog import KeyLog
+from mptcrypt.daemon.metrics import MetricsServer, exposition
+from mptcrypt.daemon.monitor import event_record
+from mptcrypt.daemon.notify import Notifier
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
 from mptcrypt.errors import AlreadyRunningError, ConfigError, MptcryptError, NotRootError
+from mptcrypt.wire.messages import PROTOCOL_VERSION
 
 log = logging.getLogger("mptcrypt.daemon")
 
@@ -53,7 +58,7 @@ CONTROL_TICK = 5.0  # how often idle control connections are reaped
 VERBOSE_STATS_EVERY = 10.0  # with -v: a counters line this often, when they changed
 
 
-def make_engine(config: DaemonConfig):
+def make_engine(config: DaemonConfig, key_log=None):
     """The protocol engine; MPTCRYPT_ENGINE=module:Class selects a stand-in (edge tests only: the counting
     pass-through engine lives in tests/integration/passthrough.py)."""
     choice = os.environ.get(ENGINE_ENV, "")
@@ -75,7 +80,7 @@ def make_engine(config: DaemonConfig):
         raise MptcryptError("this mptcrypt build has no protocol engine (mptcrypt.core.engine is missing)") from None
     from mptcrypt.daemon.sockdiag import sockets_alive
 
-    return Engine(config, socket_alive=sockets_alive)
+    return Engine(config, socket_alive=sockets_alive, key_log=key_log)
 
 
 def _addr(value, what: str) -> tuple[str, int]:
@@ -101,7 +106,8 @@ class Daemon:
     `loader()` returns the configuration afresh (file and flags); SIGHUP calls it through `reload()`."""
 
     def __init__(self, config: DaemonConfig, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
-                 loader: Callable[[], DaemonConfig] | None = None, takeover: bool = False):
+                 loader: Callable[[], DaemonConfig] | None = None, takeover: bool = False,
+                 metrics: tuple[str, int] | None = None, keylog: str | None = None):
         self.config = config
         self.engine = engine
         self.control_name = control_name
@@ -114,6 +120,10 @@ class Daemon:
         self.reload_pending = False
         self.reloads = 0  # configurations applied by reload(), for `mptcrypt status`
         self.worker: QueueWorker | None = None
+        self.notifier = Notifier.from_env()  # systemd Type=notify; a no-op outside systemd
+        self.metrics_address = metrics  # --metrics ADDRESS:PORT: Prometheus scrape endpoint
+        self.keylog_path = keylog  # --keylog FILE / MPTCRYPT_KEYLOGFILE: subflow traffic keys (daemon/keylog.py)
+        self.keylog: KeyLog | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         self.stop_reason = reason
@@ -161,12 +171,17 @@ class Daemon:
                 "reloads": self.reloads,
                 "engine": getattr(engine, "name", type(engine).__name__),
                 "version": __version__,
+                "keylog": self.keylog_path,
             }
         if cmd == "sessions":
             return {"ok": True, "sessions": engine.sessions()}
         if cmd == "stats":
             edge = self.worker.stats() if self.worker is not None else {}
             return {"ok": True, "stats": engine.stats(), "edge": edge}
+        if cmd == "monitor":  # the control server streams engine events to this client from now on
+            return {"ok": True, "subscribe": True}
+        if cmd == "metrics":
+            return {"ok": True, "text": self.metrics_text()}
         if cmd == "sid":
             sid = engine.session_id(_addr(request.get("local"), "local"), _addr(request.get("remote"), "remote"))
             return {"ok": True, "sid": sid.hex() if sid else None}
@@ -178,7 +193,13 @@ class Daemon:
             self.handed_over_at = time.monotonic()
             log.info("handing %d flows over to a successor daemon", len(state["flows"]))
             return {"ok": True, "state": state}
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, sid, handover)"}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, metrics, monitor, sid, handover)"}
+
+    def metrics_text(self) -> str:
+        """Prometheus exposition of the engine's and the packet path's counters (daemon/metrics.py)."""
+        worker = self.worker
+        edge = worker.stats() if worker is not None else {}
+        return exposition(self.engine.stats(), edge, self.engine.sessions(), worker.latency if worker else None)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -193,22 +214,32 @@ class Daemon:
         wake_w.setblocking(False)
         old_handlers: dict[int, object] = {}
         old_wakeup = None
-        raw = worker = rules = None
+        raw = worker = rules = metrics = None
         try:
+            if self.metrics_address is not None:
+                metrics = MetricsServer(self.metrics_text, self.metrics_address)
+                metrics.bind()
             for signum in (*STOP_SIGNALS, RELOAD_SIGNAL):
                 old_handlers[signum] = signal.signal(signum, self._on_signal)
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
             if self.engine is None:
-                self.engine = make_engine(config)
+                if self.keylog_path:
+                    self.keylog = KeyLog(self.keylog_path, PROTOCOL_VERSION)
+                    log.warning("KEY LOG ON: every subflow's traffic keys go to %s; whoever reads it can decrypt "
+                                "captured traffic. Use it for debugging only, then delete it", self.keylog_path)
+                self.engine = make_engine(config, key_log=self.keylog)
             if handover is not None:
                 log.info("took over %d flows from the previous daemon", self.engine.import_state(handover))
             raw = RawSocket()
             worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
+            worker.on_events = lambda events: control.publish([event_record(e) for e in events])
             worker.bind()
             required = config.policy is Policy.REQUIRED or any(r.policy is Policy.REQUIRED for r in config.rules)
             rules = Rules(config.queue_num, config.ports, config.fail_open, require_ipv6=required)
             rules.install()  # last: from here on packets are queued, and we are listening
             control.attach(selector)
+            if metrics is not None:
+                metrics.attach(selector)
             selector.register(worker.fileno(), selectors.EVENT_READ, lambda _mask: worker.read())
             selector.register(wake_r, selectors.EVENT_READ, lambda _mask: _drain(wake_r))
             log.info(
@@ -219,10 +250,13 @@ class Daemon:
                 config.policy.value,
                 "fail-open" if config.fail_open else "fail-closed",
             )
+            self.notifier.ready(f"protecting ports {format_ports(config.ports)}, policy {config.policy.value}")
             worker.tick()
             self._loop(selector, worker, control)
             log.info("stopping (%s)", self.stop_reason)
         finally:
+            if metrics is not None:
+                metrics.close()
             self._shutdown(rules, worker, raw, control, selector)
             if old_wakeup is not None:
                 signal.set_wakeup_fd(old_wakeup)
@@ -230,6 +264,9 @@ class Daemon:
                 signal.signal(signum, handler)
             wake_r.close()
             wake_w.close()
+        if self.keylog is not None:
+            log.warning("key log %s: %d subflows logged while this daemon ran", self.keylog_path, self.keylog.lines)
+            self.keylog.close()
         log.info("mptcrypt daemon stopped")
         return 0
 
@@ -248,7 +285,8 @@ class Daemon:
                 key.data(mask)
             worker.tick()
             if self.reload_pending:
-                self.reload()
+                with self.notifier.reloading():  # systemd: RELOADING=1, then READY=1 (also when it failed)
+                    self.reload()
             now = time.monotonic()
             if self.handed_over_at is not None and (not control.writing() or now - self.handed_over_at > 5):
                 self.stop_reason = "handed over to a successor"
@@ -263,6 +301,7 @@ class Daemon:
                     log.debug("counters: %s", " ".join(f"{k}={v}" for k, v in last_counters.items() if v))
 
     def _shutdown(self, rules, worker, raw, control, selector) -> None:
+        self.notifier.stopping()
         if self.handed_over_at is not None:  # the successor keeps the chains and continues the connections
             rules = None
         if rules is not None and rules.installed and worker is not None and hasattr(self.engine, "shutdown"):
@@ -340,14 +379,14 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[], DaemonConfig] | None = None,
-               takeover: bool = False) -> int:
+               takeover: bool = False, **options) -> int:
     """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0.
     `loader` reads the configuration again on SIGHUP; `takeover` takes the live sessions over from the daemon
-    running now (graceful restart)."""
+    running now (graceful restart); `options`: metrics=(addr, port), keylog=path."""
     if os.geteuid() != 0:
         raise NotRootError(
             "the daemon needs root (CAP_NET_ADMIN for iptables and NFQUEUE, CAP_NET_RAW for its raw socket): "
             "run `mptcrypt daemon` as root, or `ip netns exec NS mptcrypt daemon` as root for a namespace"
         )
     setup_logging(verbose)
-    return Daemon(config, verbose=verbose, loader=loader, takeover=takeover).run()
+    return Daemon(config, verbose=verbose, loader=loader, takeover=takeover, **options).run()

@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 from mptcrypt.core.events import Verdict
+from mptcrypt.daemon.metrics import LatencyHistogram
 from mptcrypt.wire.segment import announced_length
 from mptcrypt.errors import KernelFeatureError, MptcryptError
 
@@ -101,6 +102,8 @@ class QueueWorker:
         self.clock = clock
         self.counters = dict.fromkeys(EDGE_COUNTERS, 0)  # nfq_packets, nfq_accepted, kernel drops: see stats()
         self._handle = engine.handle
+        self.latency = LatencyHistogram()  # engine time per packet (mptcrypt_packet_seconds)
+        self.on_events = None  # callable(list of engine events), e.g. the daemon's monitor fan-out
         self._slice_end = float("inf")  # outside read(), on_packet never ends a slice
         self._seen: set[str] = set()  # kinds of trouble already logged once
         self._nfq = None
@@ -182,6 +185,7 @@ class QueueWorker:
                 return
             now = self.clock()
             res = self._handle(payload, outbound, now)
+            self.latency.observe(self.clock() - now)
             verdict = res.verdict
             if verdict is _ACCEPT:
                 if res.packet is not None:
@@ -260,6 +264,8 @@ class QueueWorker:
         except Exception as exc:
             self._once(f"events:{type(exc).__name__}", "engine error in events()", exc)
             return
+        if events and self.on_events is not None:
+            self.on_events(events)
         now = self.clock()
         self._tokens = min(self._event_burst, self._tokens + (now - self._tokens_at) * self._event_rate)
         self._tokens_at = now

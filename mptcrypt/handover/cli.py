@@ -96,7 +96,14 @@ def cmd_handover(args: argparse.Namespace) -> int:
     targets = ["plain", "mptcrypt"] if args.target == "both" else [args.target]
     os.makedirs(args.out, exist_ok=True)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    summary = run_scenario(scenario, targets, args.out, log=log, capture=args.capture, cc=args.cc)
+    from mptcrypt.progress import Progress
+
+    with Progress(len(targets) * scenario.duration, f"handover {scenario.name}") as bar:
+        def progress(target: str, t: float, what: str) -> None:  # the work unit is a second of timeline
+            bar.update(targets.index(target) * scenario.duration + t, f"[{target}] {what}")
+
+        summary = run_scenario(scenario, targets, args.out, log=log, capture=args.capture, cc=args.cc,
+                               progress=progress)
     json_path = os.path.join(args.out, f"{scenario.name}.json")
     png_path = os.path.join(args.out, f"{scenario.name}.png")
     for run in summary["targets"].values():

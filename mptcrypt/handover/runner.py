@@ -181,6 +181,8 @@ class RunState:
 
 
 class Run:
+    progress: Callable[[str, float, str], None] | None = None  # (target, timeline seconds reached, what)
+
     def __init__(self, scenario: Scenario, target: str, out_dir: str, log: Callable[[str], None] = print,
                  net_wait: float = NET_WAIT, capture: bool = False, cc: str | None = None) -> None:
         if target not in TARGETS:
@@ -392,9 +394,13 @@ class Run:
                     self.events.append({"t": t_apply - t0, "took": time.monotonic() - t_apply,
                                         "what": ev.describe(), **ev.to_json()})
                     self.log(f"[{self.target}]   t={t_apply - t0:6.2f} s  {ev.describe()}")
+                    if self.progress is not None:
+                        self.progress(self.target, ev.at, ev.describe())
                 delay = t0 + sc.duration - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                if self.progress is not None:
+                    self.progress(self.target, sc.duration, "timeline over, draining")
                 t_stop = self.t_stop = time.monotonic()
                 server_lines.send("stop")
                 mobile_lines.send("stop")
@@ -682,12 +688,16 @@ def _slim(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_scenario(scenario: Scenario, targets: list[str], out_dir: str, log: Callable[[str], None] = print,
-                 net_wait: float = NET_WAIT, capture: bool = False, cc: str | None = None) -> dict[str, Any]:
-    """Run `scenario` once per target (each on a fresh network). Returns the summary (results per target)."""
+                 net_wait: float = NET_WAIT, capture: bool = False, cc: str | None = None,
+                 progress: Callable[[str, float, str], None] | None = None) -> dict[str, Any]:
+    """Run `scenario` once per target (each on a fresh network). Returns the summary (results per target).
+    `progress(target, t, what)` is called at each timeline event (t: seconds into the timeline)."""
     summary: dict[str, Any] = {"scenario": scenario.to_json(), "targets": {}, "started": time.time()}
     for target in targets:
         try:
-            summary["targets"][target] = Run(scenario, target, out_dir, log, net_wait, capture, cc).execute()
+            run = Run(scenario, target, out_dir, log, net_wait, capture, cc)
+            run.progress = progress
+            summary["targets"][target] = run.execute()
         except Exception as exc:  # noqa: BLE001 - one failed target must not hide the other's numbers
             log(f"[{target}] {scenario.name} FAILED: {type(exc).__name__}: {exc}")
             summary["targets"][target] = {"target": target, "scenario": scenario.name, "ok": False,
