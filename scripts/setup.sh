@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # build; tcpdump/tshark: captures and the independent MPTCP decoder; mptcpd: mptcpize; iperf3/curl: unmodified
 # tools over MPTCP; mininet: its Python library (the topology files load with the real mininet.topo.Topo);
 # iputils-ping: reachability and loss tests of the topologies; python3-venv: the venv when python3 is Debian's.
-APT_PACKAGES=(iproute2 iptables libnetfilter-queue-dev build-essential tcpdump tshark mptcpd mptcpize iperf3 curl ethtool mininet
+APT_PACKAGES=(iproute2 iptables libnetfilter-queue-dev libssl-dev build-essential tcpdump tshark mptcpd mptcpize iperf3 curl ethtool mininet
               iputils-ping python3-venv)
 
 missing=()

@@ -34,10 +34,12 @@ from mptcrypt.wire.messages import EXP_PREFIX
 TCP_HEADER_LEN = 20
 AEAD_TAG_LEN = 16
 POLY1305_S_ZERO = bytes(16)  # the Poly1305 "s" half: zero, the AES block after it is the PRF (§5)
+MAC_VERSION = 2  # the protocol version that defined this MAC; the extension reports the one it implements
 ENV_SEGMENT_PATH = "MPTCRYPT_SEGMENT_PATH"  # "python" forces the reference implementation
 _TCP = struct.Struct("!HHIIHHHH")
 _MAC_FIELDS = struct.Struct("!QQHHH")  # ext seq, ext ack, data offset + flags word, window, urgent
 _CSUM = struct.Struct("!H")
+_MIN_IP_HEADER = {4: 20, 6: 40}
 
 
 class SegmentKeys:
@@ -76,10 +78,15 @@ def mac_input(ext_seq: int, ext_ack: int, off_flags: int, window: int, urg: int,
         raise OverflowError(f"extended seq/ack {ext_seq}/{ext_ack} do not fit 64 bits") from None
 
 
+def _check_l4(packet: bytes, l4: int) -> None:
+    version = packet[0] >> 4 if packet else 0
+    if l4 < _MIN_IP_HEADER.get(version, 1 << 20) or len(packet) < l4 + TCP_HEADER_LEN:
+        raise ValueError(f"no TCP header at offset {l4} of a {len(packet)}-byte IPv{version} packet")
+
+
 def _tcp_header(packet: bytes, l4: int) -> tuple[int, int, int, int]:
     """(data offset + flags word, window, urgent, header length) of the TCP header at `l4`, checked to fit."""
-    if l4 < 0 or len(packet) < l4 + TCP_HEADER_LEN:
-        raise ValueError(f"no TCP header at offset {l4} of a {len(packet)}-byte packet")
+    _check_l4(packet, l4)
     off_flags, window, _csum, urg = struct.unpack_from("!HHHH", packet, l4 + 12)
     hlen = (off_flags >> 12) << 2
     if hlen < TCP_HEADER_LEN or l4 + hlen > len(packet):
@@ -129,6 +136,9 @@ def py_assemble(packet: bytes, l4: int, options: bytes, payload: bytes) -> bytes
     The IP version is read from the packet, never guessed from the header length. The TCP checksum is summed
     over the pieces (header and options are a multiple of 4 bytes, so the payload starts 16-bit aligned) and the
     packet is joined once."""
+    _check_l4(packet, l4)
+    if len(options) % 4 or len(options) > TCP_MAX_OPTION_SPACE:
+        raise ValueError(f"an option area of {len(options)} bytes is not a multiple of 4 up to 40")
     sport, dport, seq, ack, off_flags, window, _c, urg = _TCP.unpack_from(packet, l4)
     hlen = TCP_HEADER_LEN + len(options)
     tcp_len = hlen + len(payload)
@@ -142,7 +152,11 @@ def py_assemble(packet: bytes, l4: int, options: bytes, payload: bytes) -> bytes
         n = int.from_bytes(payload, "big")
         total += n << 8 if len(payload) & 1 else n
     csum = 0xFFFF - total % 0xFFFF
-    return b"".join((rebuild_ip_header(packet[:l4], tcp_len), head[:16], _CSUM.pack(csum), head[18:], payload))
+    try:
+        ip = rebuild_ip_header(packet[:l4], tcp_len)
+    except struct.error:
+        raise ValueError(f"{tcp_len} bytes of TCP do not fit the IP length field") from None
+    return b"".join((ip, head[:16], _CSUM.pack(csum), head[18:], payload))
 
 
 def _select():
@@ -153,6 +167,8 @@ def _select():
         from mptcrypt.crypto import _segment
     except ImportError as exc:
         return PySegmentCipher, py_assemble, "python", f"extension not importable: {exc}"
+    if _segment.MAC_VERSION != MAC_VERSION:  # a stale build: rebuild with `pip install -e .`
+        return PySegmentCipher, py_assemble, "python", f"extension built for protocol v{_segment.MAC_VERSION}"
     return _segment.SegmentCipher, _segment.assemble, "compiled", f"mptcrypt.crypto._segment, {_segment.OPENSSL}"
 
 

@@ -29,6 +29,7 @@ import time
 from mptcrypt import __version__
 from mptcrypt.constants import CONTROL_SOCKET
 from mptcrypt.core.config import Config
+from mptcrypt.crypto import segment
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.nfqueue import QueueWorker
@@ -148,6 +149,7 @@ class Daemon:
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
             if self.engine is None:
                 self.engine = make_engine(config)
+            log.info("segment path: %s (%s)", segment.SEGMENT_PATH, segment.SEGMENT_PATH_REASON)
             raw = RawSocket()
             worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
             worker.bind()

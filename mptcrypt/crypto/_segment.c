@@ -1,0 +1,532 @@
+/*
+ * mptcrypt.crypto._segment: the compiled segment-protection boundary (docs/protocol.md §5, protocol version 2).
+ *
+ * SegmentCipher(suite, secrets).seal/open(packet, l4, ext_seq, ext_ack) and assemble(packet, l4, options,
+ * payload) do exactly what the pure-Python reference in mptcrypt/crypto/segment.py does, byte for byte (a
+ * differential test holds them to it): keystream through EVP (AES-128-CTR with counter block nonce|00000002, the
+ * AES-128-GCM keystream; or ChaCha20 with block counter 1, the ChaCha20-Poly1305 keystream), the MAC
+ * AES-128(k2, Poly1305_{r=k1,s=0}(mac_input))[:8] through EVP_MAC "POLY1305" and one AES-ECB context, the MAC
+ * option appended or stripped, IP length, IPv4 header checksum and TCP checksum, into one output buffer.
+ * One EVP context per key, made once per direction of a subflow (the shape of aioquic's _crypto.c).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/opensslv.h>
+
+#define MODULE_NAME "mptcrypt.crypto._segment"
+#define MAC_VERSION 2           /* the protocol version whose MAC this implements */
+
+#define SUITE_AES128 0x01       /* mptcrypt.constants.SymCipher */
+#define SUITE_CHACHA20 0x02
+#define TCP_HEADER_LEN 20
+#define TCP_MAX_OPTION_SPACE 40
+#define MAC_OPTION_LEN 12       /* FD 0C 4D 50 + 8-byte tag */
+#define MAC_TAG_LEN 8
+#define MAC_FIELDS_LEN 22       /* ext seq, ext ack, offset+flags, window, urgent */
+#define IPV4_HEADER_LEN 20
+#define IPV6_HEADER_LEN 40
+#define IP_MAX_LEN 0xFFFF       /* IPv4 total length, IPv6 payload length */
+
+static const unsigned char MAC_PREFIX[4] = {0xFD, MAC_OPTION_LEN, 0x4D, 0x50};  /* kind 253, ExID 0x4D50 */
+
+static EVP_MAC *poly1305;       /* fetched once */
+
+typedef struct {
+    PyObject_HEAD
+    int suite;
+    EVP_CIPHER_CTX *keystream;  /* AES-128-CTR or ChaCha20 under enc */
+    EVP_CIPHER_CTX *prf;        /* AES-128-ECB under k2 = mac[16:32] */
+    EVP_MAC_CTX *hash;          /* Poly1305, keyed per segment with k1 | 0^16 */
+    unsigned char hash_key[32];
+    unsigned char salt[12];
+} SegmentCipherObject;
+
+static int
+openssl_failed(const char *what)
+{
+    ERR_clear_error();
+    PyErr_Format(PyExc_RuntimeError, "OpenSSL %s failed", what);
+    return -1;
+}
+
+static inline uint16_t
+get16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline void
+put16(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+static inline void
+put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (unsigned char)v;
+        v >>= 8;
+    }
+}
+
+/* One's-complement sum in native byte order (RFC 1071 §2(B): byte-order independent, swap at the end). */
+static uint64_t
+sum_native(uint64_t acc, const unsigned char *p, size_t n)
+{
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        acc += (w & 0xFFFFFFFFu) + (w >> 32);
+        p += 8;
+        n -= 8;
+    }
+    if (n >= 4) {
+        uint32_t w;
+        memcpy(&w, p, 4);
+        acc += w;
+        p += 4;
+        n -= 4;
+    }
+    if (n >= 2) {
+        uint16_t w;
+        memcpy(&w, p, 2);
+        acc += w;
+        p += 2;
+        n -= 2;
+    }
+    if (n) {
+        uint16_t w = 0;
+        memcpy(&w, p, 1); /* the odd byte is the high byte of a zero-padded big-endian word */
+        acc += w;
+    }
+    return acc;
+}
+
+static inline uint16_t
+fold(uint64_t acc)
+{
+    while (acc >> 16)
+        acc = (acc & 0xFFFF) + (acc >> 16);
+    return (uint16_t)acc;
+}
+
+/*
+ * Lengths and checksums of `out` (IP header of `l4` bytes copied from the input, then the TCP segment of
+ * `tcp_len` bytes with a zero checksum field), as segment.py's assemble computes them: the IPv4 header checksum
+ * updated for the new length (RFC 1624 eqn. 3), the IPv6 payload length counting extension headers, and the TCP
+ * checksum 0xFFFF - (sum mod 0xFFFF) (never 0x0000).
+ */
+static void
+finish_packet(unsigned char *out, Py_ssize_t l4, Py_ssize_t tcp_len)
+{
+    unsigned char pseudo[40];
+    size_t pseudo_len;
+    if (out[0] >> 4 == 4) {
+        unsigned new_len = (unsigned)(l4 + tcp_len);
+        uint32_t total = (~get16(out + 10) & 0xFFFFu) + (~get16(out + 2) & 0xFFFFu) + new_len;
+        total = (total & 0xFFFF) + (total >> 16);
+        total = (total & 0xFFFF) + (total >> 16);
+        put16(out + 2, new_len);
+        put16(out + 10, ~total & 0xFFFF);
+        memcpy(pseudo, out + 12, 8);
+        pseudo[8] = 0;
+        pseudo[9] = 6;
+        put16(pseudo + 10, (unsigned)tcp_len);
+        pseudo_len = 12;
+    } else {
+        put16(out + 4, (unsigned)(l4 - IPV6_HEADER_LEN + tcp_len));
+        memcpy(pseudo, out + 8, 32);
+        pseudo[32] = (unsigned char)(tcp_len >> 24);
+        pseudo[33] = (unsigned char)(tcp_len >> 16);
+        put16(pseudo + 34, (unsigned)tcp_len & 0xFFFF);
+        memset(pseudo + 36, 0, 3);
+        pseudo[39] = 6;
+        pseudo_len = 40;
+    }
+    uint16_t s = fold(sum_native(sum_native(0, pseudo, pseudo_len), out + l4, (size_t)tcp_len));
+    uint16_t csum = s == 0xFFFF ? 0xFFFF : (uint16_t)~s;
+    memcpy(out + l4 + 16, &csum, 2); /* native order, like the sum */
+}
+
+/* 0, or -1 with ValueError when `tcp_len` bytes after the `l4`-byte IP header overflow its length field. */
+static int
+check_ip_len(const unsigned char *p, Py_ssize_t l4, Py_ssize_t tcp_len)
+{
+    Py_ssize_t counted = l4 + tcp_len - (p[0] >> 4 == 4 ? 0 : IPV6_HEADER_LEN);
+    if (counted > IP_MAX_LEN) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes of TCP do not fit the IP length field", tcp_len);
+        return -1;
+    }
+    return 0;
+}
+
+/* The IP version's minimum header length is at most l4 and the TCP header fits; -1 with ValueError otherwise. */
+static int
+check_l4(const unsigned char *p, Py_ssize_t len, Py_ssize_t l4)
+{
+    int version = len > 0 ? p[0] >> 4 : 0;
+    Py_ssize_t min = version == 4 ? IPV4_HEADER_LEN : version == 6 ? IPV6_HEADER_LEN : -1;
+    if (min < 0 || l4 < min || len < l4 + TCP_HEADER_LEN) {
+        PyErr_Format(PyExc_ValueError, "no TCP header at offset %zd of a %zd-byte IPv%d packet", l4, len, version);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+tcp_header_len(const unsigned char *p, Py_ssize_t len, Py_ssize_t l4)
+{
+    int hlen = (p[l4 + 12] >> 4) * 4;
+    if (hlen < TCP_HEADER_LEN || l4 + hlen > len) {
+        PyErr_Format(PyExc_ValueError, "TCP header length %d does not fit a %zd-byte packet at offset %zd", hlen,
+                     len, l4);
+        return -1;
+    }
+    return hlen;
+}
+
+static int
+keystream_xor(SegmentCipherObject *self, uint64_t ext_seq, const unsigned char *in, unsigned char *out, Py_ssize_t n)
+{
+    unsigned char iv[16];
+    unsigned char *nonce = self->suite == SUITE_AES128 ? iv : iv + 4;
+    memcpy(nonce, self->salt, 12);
+    for (int i = 11; i >= 4; i--) {
+        nonce[i] ^= (unsigned char)ext_seq;
+        ext_seq >>= 8;
+    }
+    if (self->suite == SUITE_AES128) {
+        memcpy(iv + 12, "\x00\x00\x00\x02", 4);   /* GCM: J0 = nonce|1 is the tag's, data from nonce|2 */
+    } else {
+        memcpy(iv, "\x01\x00\x00\x00", 4);        /* RFC 8439 §2.8: block counter 1, little-endian */
+    }
+    int outl;
+    if (!EVP_EncryptInit_ex(self->keystream, NULL, NULL, NULL, iv) ||
+        !EVP_EncryptUpdate(self->keystream, out, &outl, in, (int)n))
+        return openssl_failed("keystream");
+    return 0;
+}
+
+static int
+mac(SegmentCipherObject *self, uint64_t ext_seq, uint64_t ext_ack, const unsigned char *tcp, unsigned kernel_word,
+    const unsigned char *options, size_t options_len, const unsigned char *ct, size_t ct_len, unsigned char *tag)
+{
+    unsigned char fields[MAC_FIELDS_LEN], hash[16], block[16];
+    size_t hash_len;
+    int outl;
+    put64(fields, ext_seq);
+    put64(fields + 8, ext_ack);
+    put16(fields + 16, kernel_word);
+    memcpy(fields + 18, tcp + 14, 2);   /* window */
+    memcpy(fields + 20, tcp + 18, 2);   /* urgent pointer */
+    if (!EVP_MAC_init(self->hash, self->hash_key, sizeof self->hash_key, NULL) ||
+        !EVP_MAC_update(self->hash, fields, sizeof fields) ||
+        (options_len && !EVP_MAC_update(self->hash, options, options_len)) ||
+        (ct_len && !EVP_MAC_update(self->hash, ct, ct_len)) ||
+        !EVP_MAC_final(self->hash, hash, &hash_len, sizeof hash) ||
+        !EVP_EncryptUpdate(self->prf, block, &outl, hash, 16))
+        return openssl_failed("MAC");
+    memcpy(tag, block, MAC_TAG_LEN);
+    return 0;
+}
+
+static int
+parse_args(PyObject *const *args, Py_ssize_t nargs, const char *name, Py_buffer *packet, Py_ssize_t *l4,
+           uint64_t *ext_seq, uint64_t *ext_ack)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 4 arguments (packet, l4, ext_seq, ext_ack), %zd given", name,
+                     nargs);
+        return -1;
+    }
+    *l4 = PyLong_AsSsize_t(args[1]);
+    if (*l4 == -1 && PyErr_Occurred())
+        return -1;
+    *ext_seq = PyLong_AsUnsignedLongLong(args[2]);
+    if (*ext_seq == (uint64_t)-1 && PyErr_Occurred())
+        return -1;
+    *ext_ack = PyLong_AsUnsignedLongLong(args[3]);
+    if (*ext_ack == (uint64_t)-1 && PyErr_Occurred())
+        return -1;
+    if (PyObject_GetBuffer(args[0], packet, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (check_l4(packet->buf, packet->len, *l4) < 0) {
+        PyBuffer_Release(packet);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(seal_doc, "seal(packet, l4, ext_seq, ext_ack) -> bytes | None\n\n"
+             "The on-wire packet for kernel `packet`, or None when its options leave no room for the MAC option.");
+
+static PyObject *
+SegmentCipher_seal(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer pkt;
+    Py_ssize_t l4;
+    uint64_t ext_seq, ext_ack;
+    if (parse_args(args, nargs, "seal", &pkt, &l4, &ext_seq, &ext_ack) < 0)
+        return NULL;
+    const unsigned char *in = pkt.buf;
+    PyObject *result = NULL;
+    int hlen = tcp_header_len(in, pkt.len, l4);
+    if (hlen < 0)
+        goto done;
+    Py_ssize_t options_len = hlen - TCP_HEADER_LEN;
+    if (options_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t payload_len = pkt.len - l4 - hlen;
+    Py_ssize_t tcp_len = hlen + MAC_OPTION_LEN + payload_len;
+    if (check_ip_len(in, l4, tcp_len) < 0)
+        goto done;
+    result = PyBytes_FromStringAndSize(NULL, l4 + tcp_len);
+    if (result == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    unsigned char *tcp = out + l4;
+    unsigned char *ct = tcp + hlen + MAC_OPTION_LEN;
+    memcpy(out, in, (size_t)(l4 + hlen));
+    tcp[12] = (unsigned char)((((hlen + MAC_OPTION_LEN) >> 2) << 4) | (in[l4 + 12] & 0x0F));
+    tcp[16] = tcp[17] = 0;
+    memcpy(tcp + hlen, MAC_PREFIX, 4);
+    if ((payload_len && keystream_xor(self, ext_seq, in + l4 + hlen, ct, payload_len) < 0) ||
+        mac(self, ext_seq, ext_ack, in + l4, get16(in + l4 + 12), in + l4 + TCP_HEADER_LEN, (size_t)options_len,
+            ct, (size_t)payload_len, tcp + hlen + 4) < 0) {
+        Py_CLEAR(result);
+        goto done;
+    }
+    finish_packet(out, l4, tcp_len);
+done:
+    PyBuffer_Release(&pkt);
+    return result;
+}
+
+PyDoc_STRVAR(open_doc, "open(packet, l4, ext_seq, ext_ack) -> bytes | None\n\n"
+             "The kernel packet for on-wire `packet`; None unless its option area ends with a MAC option that "
+             "verifies.");
+
+static PyObject *
+SegmentCipher_open(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer pkt;
+    Py_ssize_t l4;
+    uint64_t ext_seq, ext_ack;
+    if (parse_args(args, nargs, "open", &pkt, &l4, &ext_seq, &ext_ack) < 0)
+        return NULL;
+    const unsigned char *in = pkt.buf;
+    PyObject *result = NULL;
+    int hlen = tcp_header_len(in, pkt.len, l4);
+    if (hlen < 0)
+        goto done;
+    const unsigned char *mac_opt = in + l4 + hlen - MAC_OPTION_LEN;
+    if (hlen - TCP_HEADER_LEN < MAC_OPTION_LEN || memcmp(mac_opt, MAC_PREFIX, 4) != 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    int kernel_hlen = hlen - MAC_OPTION_LEN;
+    Py_ssize_t ct_len = pkt.len - l4 - hlen;
+    const unsigned char *ct = in + l4 + hlen;
+    unsigned char tag[MAC_TAG_LEN];
+    unsigned kernel_word = get16(in + l4 + 12) - ((MAC_OPTION_LEN >> 2) << 12);
+    if (mac(self, ext_seq, ext_ack, in + l4, kernel_word, in + l4 + TCP_HEADER_LEN,
+            (size_t)(kernel_hlen - TCP_HEADER_LEN), ct, (size_t)ct_len, tag) < 0)
+        goto done;
+    if (CRYPTO_memcmp(tag, mac_opt + 4, MAC_TAG_LEN) != 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t tcp_len = kernel_hlen + ct_len;
+    result = PyBytes_FromStringAndSize(NULL, l4 + tcp_len);
+    if (result == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    memcpy(out, in, (size_t)(l4 + kernel_hlen));
+    out[l4 + 12] = (unsigned char)(kernel_word >> 8);
+    out[l4 + 16] = out[l4 + 17] = 0;
+    if (ct_len && keystream_xor(self, ext_seq, ct, out + l4 + kernel_hlen, ct_len) < 0) {
+        Py_CLEAR(result);
+        goto done;
+    }
+    finish_packet(out, l4, tcp_len);
+done:
+    PyBuffer_Release(&pkt);
+    return result;
+}
+
+static int
+SegmentCipher_init(SegmentCipherObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"suite", "secrets", NULL};
+    PyObject *secrets, *attr[3] = {NULL, NULL, NULL};
+    static const char *names[3] = {"enc", "mac", "salt"};
+    char *buf[3];
+    Py_ssize_t len[3];
+    int suite, rc = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO", kwlist, &suite, &secrets))
+        return -1;
+    if (self->keystream != NULL) {
+        PyErr_SetString(PyExc_TypeError, "SegmentCipher is initialised once");
+        return -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        attr[i] = PyObject_GetAttrString(secrets, names[i]);
+        if (attr[i] == NULL || PyBytes_AsStringAndSize(attr[i], &buf[i], &len[i]) < 0)
+            goto out;
+    }
+    const EVP_CIPHER *cipher;
+    if (suite == SUITE_AES128 && len[0] >= 16) {
+        cipher = EVP_aes_128_ctr();
+    } else if (suite == SUITE_CHACHA20 && len[0] >= 32) {
+        cipher = EVP_chacha20();
+    } else {
+        PyErr_Format(PyExc_ValueError, "unknown symmetric suite %d or short key (%zd bytes)", suite, len[0]);
+        goto out;
+    }
+    if (len[1] != 32 || len[2] != 12) {
+        PyErr_Format(PyExc_ValueError, "mac must be 32 bytes and salt 12, not %zd and %zd", len[1], len[2]);
+        goto out;
+    }
+    self->suite = suite;
+    memcpy(self->hash_key, buf[1], 16);
+    memset(self->hash_key + 16, 0, 16);
+    memcpy(self->salt, buf[2], 12);
+    self->keystream = EVP_CIPHER_CTX_new();
+    self->prf = EVP_CIPHER_CTX_new();
+    self->hash = EVP_MAC_CTX_new(poly1305);
+    if (self->keystream == NULL || self->prf == NULL || self->hash == NULL ||
+        !EVP_EncryptInit_ex(self->keystream, cipher, NULL, (unsigned char *)buf[0], NULL) ||
+        !EVP_EncryptInit_ex(self->prf, EVP_aes_128_ecb(), NULL, (unsigned char *)buf[1] + 16, NULL) ||
+        !EVP_CIPHER_CTX_set_padding(self->prf, 0)) {
+        openssl_failed("key setup");
+        goto out;
+    }
+    rc = 0;
+out:
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(attr[i]);
+    return rc;
+}
+
+static void
+SegmentCipher_dealloc(SegmentCipherObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    EVP_CIPHER_CTX_free(self->keystream);
+    EVP_CIPHER_CTX_free(self->prf);
+    EVP_MAC_CTX_free(self->hash);
+    OPENSSL_cleanse(self->hash_key, sizeof self->hash_key);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef SegmentCipher_methods[] = {
+    {"seal", (PyCFunction)(void (*)(void))SegmentCipher_seal, METH_FASTCALL, seal_doc},
+    {"open", (PyCFunction)(void (*)(void))SegmentCipher_open, METH_FASTCALL, open_doc},
+    {NULL}
+};
+
+static PyType_Slot SegmentCipher_slots[] = {
+    {Py_tp_dealloc, SegmentCipher_dealloc},
+    {Py_tp_methods, SegmentCipher_methods},
+    {Py_tp_doc, "SegmentCipher(suite, secrets): keys of one direction of one subflow and the per-segment "
+                "transform (compiled; mptcrypt.crypto.segment.PySegmentCipher is the reference)."},
+    {Py_tp_init, SegmentCipher_init},
+    {Py_tp_new, PyType_GenericNew},
+    {0, 0},
+};
+
+static PyType_Spec SegmentCipher_spec = {
+    MODULE_NAME ".SegmentCipher", sizeof(SegmentCipherObject), 0, Py_TPFLAGS_DEFAULT, SegmentCipher_slots,
+};
+
+PyDoc_STRVAR(assemble_doc, "assemble(packet, l4, options, payload) -> bytes\n\n"
+             "The IP header of `packet` and its TCP header with `options` and `payload`, lengths and checksums "
+             "fresh.");
+
+static PyObject *
+assemble(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer pkt, opts = {0}, payload = {0};
+    PyObject *result = NULL;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "assemble() takes 4 arguments (packet, l4, options, payload), %zd given",
+                     nargs);
+        return NULL;
+    }
+    Py_ssize_t l4 = PyLong_AsSsize_t(args[1]);
+    if (l4 == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &pkt, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (check_l4(pkt.buf, pkt.len, l4) < 0 || PyObject_GetBuffer(args[2], &opts, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[3], &payload, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (opts.len % 4 || opts.len > TCP_MAX_OPTION_SPACE) {
+        PyErr_Format(PyExc_ValueError, "an option area of %zd bytes is not a multiple of 4 up to 40", opts.len);
+        goto done;
+    }
+    Py_ssize_t hlen = TCP_HEADER_LEN + opts.len, tcp_len = hlen + payload.len;
+    const unsigned char *in = pkt.buf;
+    if (check_ip_len(in, l4, tcp_len) < 0)
+        goto done;
+    result = PyBytes_FromStringAndSize(NULL, l4 + tcp_len);
+    if (result == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    memcpy(out, in, (size_t)(l4 + TCP_HEADER_LEN));
+    out[l4 + 12] = (unsigned char)(((hlen >> 2) << 4) | (in[l4 + 12] & 0x0F));
+    out[l4 + 16] = out[l4 + 17] = 0;
+    memcpy(out + l4 + TCP_HEADER_LEN, opts.buf, (size_t)opts.len);
+    memcpy(out + l4 + hlen, payload.buf, (size_t)payload.len);
+    finish_packet(out, l4, tcp_len);
+done:
+    PyBuffer_Release(&pkt);
+    if (opts.obj)
+        PyBuffer_Release(&opts);
+    if (payload.obj)
+        PyBuffer_Release(&payload);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"assemble", (PyCFunction)(void (*)(void))assemble, METH_FASTCALL, assemble_doc},
+    {NULL}
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, MODULE_NAME, "Compiled segment protection (docs/protocol.md §5).", -1, module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__segment(void)
+{
+    poly1305 = EVP_MAC_fetch(NULL, "POLY1305", NULL);
+    if (poly1305 == NULL) {
+        ERR_clear_error();
+        PyErr_SetString(PyExc_ImportError, "OpenSSL has no POLY1305 EVP_MAC (OpenSSL 3.0 or later is needed)");
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL)
+        return NULL;
+    PyObject *type = PyType_FromSpec(&SegmentCipher_spec);
+    if (type == NULL || PyModule_AddObject(m, "SegmentCipher", type) < 0 ||
+        PyModule_AddIntConstant(m, "MAC_VERSION", MAC_VERSION) < 0 ||
+        PyModule_AddStringConstant(m, "OPENSSL", OpenSSL_version(OPENSSL_VERSION)) < 0) {
+        Py_XDECREF(type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
