@@ -602,7 +602,59 @@ SegmentCipher_dealloc(SegmentCipherObject *self)
     Py_DECREF(tp);
 }
 
+/* keystream(ext_seq, data) and tag(mac_input): the two primitives alone, for callers that assemble segments
+   themselves (crypto/protect.py, until the engine calls seal/open only) and for tests. */
+static PyObject *
+SegmentCipher_keystream(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "keystream(ext_seq, data)");
+        return NULL;
+    }
+    uint64_t ext_seq = PyLong_AsUnsignedLongLong(args[0]);
+    if (ext_seq == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, data.len);
+    if (out != NULL && data.len &&
+        keystream_xor(self, ext_seq, data.buf, (unsigned char *)PyBytes_AS_STRING(out), data.len) < 0)
+        Py_CLEAR(out);
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyObject *
+SegmentCipher_tag(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer m;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "tag(mac_input)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &m, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PolyState st = {0, 0, 0};
+    unsigned char hash[16], block[16];
+    size_t whole = (size_t)m.len & ~(size_t)15;
+    int outl;
+    poly_blocks(&st, &self->hash_key, m.buf, whole, 1ull << 40);
+    if ((size_t)m.len > whole)
+        poly_tail(&st, &self->hash_key, (const unsigned char *)m.buf + whole, (size_t)m.len - whole);
+    poly_finish(&st, hash);
+    PyBuffer_Release(&m);
+    if (!EVP_EncryptUpdate(self->prf, block, &outl, hash, 16)) {
+        openssl_failed("MAC");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((char *)block, MAC_TAG_LEN);
+}
+
 static PyMethodDef SegmentCipher_methods[] = {
+    {"keystream", (PyCFunction)(void (*)(void))SegmentCipher_keystream, METH_FASTCALL,
+     "keystream(ext_seq, data) -> data XOR the keystream at ext_seq"},
+    {"tag", (PyCFunction)(void (*)(void))SegmentCipher_tag, METH_FASTCALL, "tag(mac_input) -> the 8-byte MAC"},
     {"seal", (PyCFunction)(void (*)(void))SegmentCipher_seal, METH_FASTCALL, seal_doc},
     {"open", (PyCFunction)(void (*)(void))SegmentCipher_open, METH_FASTCALL, open_doc},
     {NULL}
