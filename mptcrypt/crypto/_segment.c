@@ -611,8 +611,8 @@ SegmentCipher_dealloc(SegmentCipherObject *self)
     Py_DECREF(tp);
 }
 
-/* keystream(ext_seq, data) and tag(mac_input): the two primitives alone, for callers that assemble segments
-   themselves (crypto/protect.py, until the engine calls seal/open only) and for tests. */
+/* keystream(ext_seq, data) and tag(mac_input): the two primitives alone, for callers that assemble a segment
+   themselves, and for the differential test against segment.SegmentKeys. */
 static PyObject *
 SegmentCipher_keystream(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
 {

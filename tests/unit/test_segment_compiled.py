@@ -160,7 +160,7 @@ def test_poly1305_rfc8439_vector_with_s_added():
 @settings(max_examples=200, deadline=None)
 @given(keys=KEYS, ext_seq=U64, data=st.binary(max_size=1600))
 def test_primitives_alone_match_the_reference(keys, ext_seq, data):
-    """keystream/tag (what crypto/protect.py uses) against segment.SegmentKeys.crypt/tag."""
+    """keystream/tag (the two primitives alone) against segment.SegmentKeys.crypt/tag."""
     suite, ss = keys
     secrets = ks.direction_secrets(ss, True)
     ref, c = segment.SegmentKeys(suite, secrets), _segment.SegmentCipher(suite, secrets)
