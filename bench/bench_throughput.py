@@ -139,12 +139,12 @@ def measured(net, daemons, run) -> dict:
 
 
 def queue_packets(net, host) -> int:
-    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout).get("nfq_packets", 0)
+    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout)["stats"].get("nfq_packets", 0)
 
 
 def paths_used(daemons) -> str:
     """'queue backend: ...; segment path: ...' as the daemons logged them at start."""
-    from mptcrypt.daemon.main import daemon_log
+    from mptcrypt.topo.daemons import daemon_log
     found = set()
     for d in daemons:
         for line in daemon_log(d).splitlines():
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 77
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo
 
     topo, *_ = load_topo(str(REPO / "topologies" / "two_path.py"))

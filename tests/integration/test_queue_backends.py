@@ -14,7 +14,7 @@ pytestmark = pytest.mark.root
 @pytest.fixture(scope="module", params=["netfilterqueue", "batched"])
 def backend_env(request):
     from conftest import netns_unavailable, topology_path
-    from mptcrypt.daemon.main import daemon_log, spawn_in_netns, stop
+    from mptcrypt.topo.daemons import daemon_log, spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo
 
     if netns_unavailable():
