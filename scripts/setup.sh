@@ -13,6 +13,7 @@ APT_PACKAGES=(
   iptables                # iptables/ip6tables(-save/-restore): the daemon's NFQUEUE chains, loss, attack rules
   procps                  # sysctl: the downgrade attack's bridge-nf switch, the codec cross-check
   libnetfilter-queue-dev  # netfilterqueue's build (pip)
+  libssl-dev              # OpenSSL 3 headers and libcrypto: the compiled segment path (setup.py builds it)
   build-essential         # gcc for netfilterqueue's build
   python3-venv            # the venv, when python3 is Debian's
   tcpdump                 # captures: demo, daemon and handover tests, codec cross-check

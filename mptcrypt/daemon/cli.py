@@ -7,6 +7,7 @@ import json
 import sys
 
 from mptcrypt.core.config import Policy
+from mptcrypt.daemon.queue_batched import DEFAULT_QUEUE_BACKEND, QUEUE_BACKENDS
 from mptcrypt.errors import (AlreadyRunningError, ConfigError, DaemonNotRunning, KernelFeatureError, MptcryptError,
                              NotRootError)
 
@@ -102,6 +103,13 @@ def register(sub) -> None:
     p.add_argument("--keylog", metavar="FILE",
                    help="append every subflow's traffic keys to FILE (created 0600; also $MPTCRYPT_KEYLOGFILE) to "
                    "decrypt captures with `mptcrypt decrypt`; debugging only (docs/keylog.md)")
+    p.add_argument(
+        "--queue-backend",
+        choices=QUEUE_BACKENDS,
+        default=DEFAULT_QUEUE_BACKEND,
+        help="NFQUEUE I/O: netfilterqueue (one recv and one verdict syscall per packet) or batched (the daemon's "
+        f"own netlink client: many packets per wakeup, verdicts in one sendmsg); default {DEFAULT_QUEUE_BACKEND}",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -167,7 +175,8 @@ def cmd_daemon(args) -> int:
         options["keylog"] = keylog_path(args.keylog)
     if args.takeover:
         options["takeover"] = True
-    return run_daemon(config, verbose=args.verbose, loader=lambda: load_config(args.config, **overrides), **options)
+    return run_daemon(config, verbose=args.verbose, loader=lambda: load_config(args.config, **overrides),
+                      queue_backend=args.queue_backend, **options)
 
 
 def _ask(args, what: str, call):

@@ -33,6 +33,7 @@ from typing import Callable
 from mptcrypt import __version__
 from mptcrypt.constants import CONTROL_SOCKET
 from mptcrypt.core.config import Policy
+from mptcrypt.crypto import segment
 from mptcrypt.daemon.config import DaemonConfig, describe, format_ports
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
@@ -41,6 +42,7 @@ from mptcrypt.daemon.metrics import MetricsServer, exposition
 from mptcrypt.daemon.monitor import event_record
 from mptcrypt.daemon.notify import Notifier
 from mptcrypt.daemon.nfqueue import QueueWorker
+from mptcrypt.daemon.queue_batched import DEFAULT_QUEUE_BACKEND, make_queue_worker
 from mptcrypt.daemon.rawsock import RawSocket
 from mptcrypt.errors import AlreadyRunningError, ConfigError, MptcryptError, NotRootError
 from mptcrypt.wire.messages import PROTOCOL_VERSION
@@ -107,8 +109,10 @@ class Daemon:
 
     def __init__(self, config: DaemonConfig, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
                  loader: Callable[[], DaemonConfig] | None = None, takeover: bool = False,
-                 metrics: tuple[str, int] | None = None, keylog: str | None = None):
+                 metrics: tuple[str, int] | None = None, keylog: str | None = None,
+                 queue_backend: str = DEFAULT_QUEUE_BACKEND):
         self.config = config
+        self.queue_backend = queue_backend
         self.engine = engine
         self.control_name = control_name
         self.verbose = verbose
@@ -230,8 +234,12 @@ class Daemon:
                 self.engine = make_engine(config, key_log=self.keylog)
             if handover is not None:
                 log.info("took over %d flows from the previous daemon", self.engine.import_state(handover))
+            log.info("segment path: %s (%s)", segment.SEGMENT_PATH, segment.SEGMENT_PATH_REASON)
             raw = RawSocket()
-            worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
+            worker, backend = make_queue_worker(self.queue_backend, self.engine, config.queue_num, raw.send,
+                                                config.fail_open)
+            self.worker = worker
+            log.info("queue backend: %s", backend)
             worker.on_events = lambda events: control.publish([event_record(e) for e in events])
             worker.bind()
             required = config.policy is Policy.REQUIRED or any(r.policy is Policy.REQUIRED for r in config.rules)
@@ -379,7 +387,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[], DaemonConfig] | None = None,
-               takeover: bool = False, **options) -> int:
+               takeover: bool = False, queue_backend: str = DEFAULT_QUEUE_BACKEND, **options) -> int:
     """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0.
     `loader` reads the configuration again on SIGHUP; `takeover` takes the live sessions over from the daemon
     running now (graceful restart); `options`: metrics=(addr, port), keylog=path."""
@@ -389,4 +397,5 @@ def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[],
             "run `mptcrypt daemon` as root, or `ip netns exec NS mptcrypt daemon` as root for a namespace"
         )
     setup_logging(verbose)
-    return Daemon(config, verbose=verbose, loader=loader, takeover=takeover, **options).run()
+    return Daemon(config, verbose=verbose, loader=loader, takeover=takeover, queue_backend=queue_backend,
+                  **options).run()
