@@ -350,3 +350,29 @@ def test_selection_refuses_a_compiled_path_that_fails_the_vector(monkeypatch):
     monkeypatch.delenv(segment.ENV_SEGMENT_PATH, raising=False)
     cipher, _assemble, path, reason = segment._select()
     assert path == "python" and cipher is segment.PySegmentCipher, reason
+
+
+# ---------------------------------------------------------------------------------------------- replay in the window
+@pytest.mark.xfail(strict=True, reason="BUG (medium, protocol): no replay defence inside the sequence window. The "
+                                       "daemons strip timestamps (so no PAWS) and the MAC is stateless: a captured "
+                                       "pure ACK carrying an MPTCP signal (MP_PRIO, ADD_ADDR, REMOVE_ADDR) verifies "
+                                       "again as long as its sender's seq has not moved (a downloading client's "
+                                       "never does), and Linux re-applies the signal from an old ACK")
+def test_replayed_signal_on_a_pure_ack_is_dropped():
+    """A client switches a subflow to backup (MP_PRIO B=1), receives data, switches back (B=0); the attacker
+    replays the first pure ACK. Its seq is still rcv_nxt at the server, its ack old (Linux's tcp_ack accepts an
+    old ack and tcp_data_queue runs mptcp_incoming_options first), so the server kernel would go back to backup."""
+    from test_engine_handshake import CISN, SISN, mptcp_pair
+    from mptcrypt.core.events import Verdict
+    from mptcrypt.wire.tcp import TCPOption
+    from pktkit import C_ADDR as C, S_ADDR as S, segment
+
+    pair = mptcp_pair()
+    backup = segment(C, 40000, S, 5000, CISN + 1, SISN + 1, ACK, [TCPOption(30, bytes((0x51,)))])
+    assert len(pair.send("c", backup)) == 1
+    captured = pair.wire[-1]
+    data = segment(S, 5000, C, 40000, SISN + 1, CISN + 1, ACK | PSH, [], b"d" * 100)
+    assert pair.send("s", data) == [data]
+    regular = segment(C, 40000, S, 5000, CISN + 1, SISN + 101, ACK, [TCPOption(30, bytes((0x50,)))])
+    assert len(pair.send("c", regular)) == 1
+    assert pair.inject("s", captured) is Verdict.DROP
