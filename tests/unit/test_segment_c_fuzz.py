@@ -371,3 +371,24 @@ def test_keystream_at_block_and_sequence_boundaries_one_object(suite):
     # a keystream that spans the low-32-bit wrap equals the reference's single AEAD call
     packet, l4 = _kernel_packet(65000)
     assert c.seal(packet, l4, 2**32 - 1, 0) == py.seal(packet, l4, 2**32 - 1, 0)
+
+
+def test_keys_are_wiped_when_the_object_is_freed():
+    """The hash key (r and its powers) and the salt are cleansed in dealloc (the EVP contexts' key schedules are
+    OpenSSL's to clear): read the freed block in a child process, its pool kept alive by same-size neighbours."""
+    child = run_child("""
+    import ctypes
+    from mptcrypt.crypto import _segment, keyschedule as ks
+    size = _segment.SegmentCipher.__basicsize__
+    secrets = ks.direction_secrets(bytes(range(32)), True)
+    before = [bytes(size - 33) for _ in range(64)]
+    c = _segment.SegmentCipher(1, secrets)
+    after = [bytes(size - 33) for _ in range(64)]
+    addr = id(c)
+    live = ctypes.string_at(addr, size)
+    del c
+    freed = ctypes.string_at(addr, size)
+    # layout: PyObject_HEAD (16), suite + padding (8), two EVP context pointers (16), then PolyKey and salt
+    print(secrets.salt in live, secrets.salt in freed, live[40:] != bytes(size - 40), freed[40:] == bytes(size - 40))
+    """)
+    assert child.stdout.split() == ["True", "False", "True", "True"], child.stderr[-500:]
