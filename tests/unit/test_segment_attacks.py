@@ -393,3 +393,52 @@ def test_spoofed_seq_before_the_isn_is_a_counted_drop():
     spoofed = segment.py_assemble(spoofed, 20, MAC_PREFIX + bytes(8), b"x" * 10)  # a MAC option, any tag
     assert pair.inject("s", spoofed) is Verdict.DROP
     assert pair.eng["s"].stats()["mac_failures"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- IPv6 extension headers
+def with_destination_options(packet6: bytes) -> bytes:
+    """`packet6` (IPv6 + TCP) with an 8-byte Destination Options header (RFC 8200 §4.6, one PadN) before TCP.
+    The TCP checksum is unchanged (its pseudo-header has the addresses, the upper-layer length and 6)."""
+    assert packet6[0] >> 4 == 6 and packet6[6] == 6
+    dest_opts = bytes((6, 0, 1, 4, 0, 0, 0, 0))
+    plen = struct.unpack_from("!H", packet6, 4)[0] + len(dest_opts)
+    return packet6[:4] + struct.pack("!HB", plen, 60) + packet6[7:40] + dest_opts + packet6[40:]
+
+
+def assert_protected(pair, c, s):
+    """The IPv6 connection is protected: a plain segment's payload is encrypted on the wire and arrives intact."""
+    from pktkit import segment as tcp_segment
+    plain = tcp_segment(s, 5000, c, 40000, 901, 101, ACK | PSH, [], b"server hello, protected")
+    assert pair.send("s", plain) == [plain] and b"server hello" not in pair.wire[-1]
+    assert pair.eng["c"].stats()["mac_failures"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (critical, engine): an IPv6 segment with any extension header before "
+                                       "TCP is ACCEPTed untouched (engine.handle: 'not ours to parse'), so an "
+                                       "on-path attacker injects RST or plaintext data into a PROTECTED IPv6 "
+                                       "connection by adding an 8-byte Destination Options header: no MAC needed "
+                                       "(docs/protocol.md §10 and security.md call it out of scope)")
+@pytest.mark.parametrize("flags,payload", [(RST | ACK, b""), (ACK | PSH, b"injected plaintext")], ids=["rst", "data"])
+def test_ipv6_extension_header_does_not_bypass_the_mac(flags, payload):
+    from test_engine_stream import established
+    from mptcrypt.core.events import Verdict
+    from pktkit import segment as tcp_segment
+
+    pair, c, s = established(v6=True)
+    assert_protected(pair, c, s)
+    forged = with_destination_options(tcp_segment(c, 40000, s, 5000, 101, 901, flags, [], payload))
+    assert pair.inject("s", forged) is Verdict.DROP and pair.rx["s"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (high, engine): a local IPv6 segment of a protected connection that "
+                                       "carries an extension header (an application's IPV6_DSTOPTS / IPV6_HOPOPTS) "
+                                       "leaves in plaintext without a MAC")
+def test_ipv6_extension_header_on_the_send_side_is_not_sent_in_plaintext():
+    from test_engine_stream import established
+    from pktkit import segment as tcp_segment
+
+    pair, c, s = established(v6=True)
+    assert_protected(pair, c, s)
+    secret = b"credit card 4111 1111 1111 1111"
+    pair.send("c", with_destination_options(tcp_segment(c, 40000, s, 5000, 101, 901, ACK | PSH, [], secret)))
+    assert not any(secret in p for p in pair.wire[-1:])
