@@ -1,6 +1,7 @@
 """Builds the compiled segment path (mptcrypt/crypto/_segment.c) against the system's OpenSSL 3 libcrypto
-(Debian: libssl-dev). Everything else is in pyproject.toml. The extension is optional: if it cannot be built the
-package installs without it and mptcrypt runs the pure-Python reference (the daemon says so at start)."""
+(Debian: libssl-dev), and the batched NFQUEUE helper (mptcrypt/daemon/_nfq.c, kernel headers only). Everything
+else is in pyproject.toml. Both are optional: if one cannot be built the package installs without it and mptcrypt
+runs the pure-Python segment path / the netfilterqueue backend instead (the daemon says so at start)."""
 
 from setuptools import Extension, setup
 
@@ -14,5 +15,8 @@ setup(
                                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
             optional=True,
         ),
+        # batched NFQUEUE I/O (recvmmsg, verdicts in one sendmsg) for `mptcrypt daemon --queue-backend batched`
+        Extension("mptcrypt.daemon._nfq", sources=["mptcrypt/daemon/_nfq.c"], extra_compile_args=["-O2", "-Wall"],
+                  optional=True),
     ],
 )

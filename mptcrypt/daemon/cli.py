@@ -7,6 +7,7 @@ import json
 import sys
 
 from mptcrypt.core.config import Policy
+from mptcrypt.daemon.queue_batched import DEFAULT_QUEUE_BACKEND, QUEUE_BACKENDS
 
 DAEMON_DESCRIPTION = """\
 Run the mptcrypt daemon in the foreground (stop it with Ctrl-C or SIGTERM).
@@ -64,6 +65,13 @@ def register(sub) -> None:
         default=None,
         help="always run the public-key handshake, never resume a cached session (benchmarks, tests)",
     )
+    p.add_argument(
+        "--queue-backend",
+        choices=QUEUE_BACKENDS,
+        default=DEFAULT_QUEUE_BACKEND,
+        help="NFQUEUE I/O: netfilterqueue (one recv and one verdict syscall per packet) or batched (the daemon's "
+        f"own netlink client: many packets per wakeup, verdicts in one sendmsg); default {DEFAULT_QUEUE_BACKEND}",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -107,7 +115,7 @@ def cmd_daemon(args) -> int:
         args.config, ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
         resume=args.resume,
     )
-    return run_daemon(config, verbose=args.verbose)
+    return run_daemon(config, verbose=args.verbose, queue_backend=args.queue_backend)
 
 
 def cmd_status(args) -> int:

@@ -33,6 +33,7 @@ from mptcrypt.crypto import segment
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.nfqueue import QueueWorker
+from mptcrypt.daemon.queue_batched import DEFAULT_QUEUE_BACKEND, make_queue_worker
 from mptcrypt.daemon.rawsock import RawSocket
 from mptcrypt.errors import ConfigError, MptcryptError, NotRootError
 
@@ -93,8 +94,10 @@ def _addr(value, what: str) -> tuple[str, int]:
 class Daemon:
     """One daemon in the current network namespace. `run()` blocks until SIGTERM/SIGINT or `request_stop()`."""
 
-    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False):
+    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
+                 queue_backend: str = DEFAULT_QUEUE_BACKEND):
         self.config = config
+        self.queue_backend = queue_backend
         self.engine = engine
         self.control_name = control_name
         self.verbose = verbose
@@ -151,7 +154,10 @@ class Daemon:
                 self.engine = make_engine(config)
             log.info("segment path: %s (%s)", segment.SEGMENT_PATH, segment.SEGMENT_PATH_REASON)
             raw = RawSocket()
-            worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
+            worker, backend = make_queue_worker(self.queue_backend, self.engine, config.queue_num, raw.send,
+                                                config.fail_open)
+            self.worker = worker
+            log.info("queue backend: %s", backend)
             worker.bind()
             rules = Rules(config.queue_num, config.ports, config.fail_open)
             rules.install()  # last: from here on packets are queued, and we are listening
@@ -245,7 +251,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("mptcrypt").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_daemon(config: Config, verbose: bool = False) -> int:
+def run_daemon(config: Config, verbose: bool = False, queue_backend: str = DEFAULT_QUEUE_BACKEND) -> int:
     """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0."""
     if os.geteuid() != 0:
         raise NotRootError(
@@ -253,7 +259,7 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
             "run `sudo mptcrypt daemon`, or `sudo ip netns exec NS mptcrypt daemon` for a namespace"
         )
     setup_logging(verbose)
-    return Daemon(config, verbose=verbose).run()
+    return Daemon(config, verbose=verbose, queue_backend=queue_backend).run()
 
 
 # --- for tests and scripts: a daemon in a network namespace ------------------------------------------------------

@@ -525,12 +525,14 @@ def test_cli_daemon_options_reach_the_config(monkeypatch):
     seen = {}
     import mptcrypt.daemon.main as main_mod
 
-    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False: seen.update(c=config, v=verbose) or 0)
-    argv = ["daemon", "--ports", "22,443", "--policy", "required", "--queue-num", "9", "--fail-open", "-v"]
+    monkeypatch.setattr(main_mod, "run_daemon",
+                        lambda config, verbose=False, **kw: seen.update(c=config, v=verbose, **kw) or 0)
+    argv = ["daemon", "--ports", "22,443", "--policy", "required", "--queue-num", "9", "--fail-open", "-v",
+            "--queue-backend", "batched"]
     assert cli.main(argv) == 0
     cfg = seen["c"]
     assert cfg.ports == ((22, 22), (443, 443)) and cfg.policy.value == "required"
-    assert cfg.queue_num == 9 and cfg.fail_open is True and seen["v"] is True
+    assert cfg.queue_num == 9 and cfg.fail_open is True and seen["v"] is True and seen["queue_backend"] == "batched"
     assert cli.main(["daemon"]) == 0
     assert seen["c"].fail_open is False and seen["c"].ports == ()
 
@@ -539,7 +541,7 @@ def test_cli_config_file_and_override(monkeypatch, tmp_path):
     seen = {}
     import mptcrypt.daemon.main as main_mod
 
-    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False: seen.update(c=config) or 0)
+    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False, **kw: seen.update(c=config) or 0)
     path = tmp_path / "m.toml"
     path.write_text('ports = "80"\nfail_open = true\npolicy = "off"\n')
     assert cli.main(["daemon", "--config", str(path), "--policy", "required"]) == 0
