@@ -1,12 +1,17 @@
 """Throughput, connection rate and join latency: plain TCP/MPTCP vs mptcrypt, same topology, same run.
 
     sudo .venv/bin/python bench/bench_throughput.py [--trials 3] [--mib 64] [--conns 200] [--json out.json]
+        [--backends netfilterqueue,batched] [--iperf-seconds 3]
 
 Cases (topologies/two_path.py, medians of --trials, trials of all cases interleaved so machine noise spreads):
-  bulk Mbit/s     TCP one path, MPTCP two subflows: plain vs mptcrypt
+  bulk Mbit/s     TCP one path, MPTCP two subflows, with the own traffic tool and with iperf3 (`mptcpize run`
+                  for MPTCP): plain vs mptcrypt with each queue backend
   connections/s   sequential connect + 1 KiB + close: plain, mptcrypt fresh (--no-resume), mptcrypt resumed
   join latency    MPTCP connect -> second subflow established (MPTCP_INFO subflows), plain vs mptcrypt
-Prints a table and one JSON object (also written to --json). Not a test: nothing here asserts a speed.
+Every mptcrypt figure is also given as a ratio to plain from the same run; bulk cases add each daemon's CPU
+seconds per GB moved and packets/s through its queue, and the table says which queue backend and segment path
+the daemons ran (from their start-up log). Prints a table and one JSON object (also written to --json). Not a
+test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ while True:  # echo until the client closes (keeps MPTCP connections open long e
 """
 
 
-def bulk(net, port, nbytes, mptcp) -> float:
+def bulk(net, port, nbytes, mptcp) -> tuple[float, int]:
+    """The own traffic tool: (Mbit/s, bytes) of one transfer of `nbytes`, checked end to end."""
     sink = net["server"].popen([PY, "-m", "mptcrypt.traffic", "sink", "--port", str(port)] + (["--mptcp"] if mptcp else []),
                                stdout=subprocess.PIPE, text=True)
     sink.stdout.readline()
@@ -91,7 +97,61 @@ def bulk(net, port, nbytes, mptcp) -> float:
     sent = json.loads(out.strip().splitlines()[-1])
     if got["sha256"] != sent["sha256"]:
         raise RuntimeError("bulk transfer corrupted")
-    return got["mbps"]
+    return got["mbps"], nbytes
+
+
+def iperf(net, port, seconds, mptcp) -> tuple[float, int]:
+    """iperf3 (under `mptcpize run` for MPTCP): (Mbit/s received, bytes) of one `seconds`-long run."""
+    wrap = ["mptcpize", "run"] if mptcp else []
+    server = net["server"].popen([*wrap, "iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # until it listens
+            if f":{port} " in net["server"].run(["ss", "-Hltn"]).stdout:
+                break
+            time.sleep(0.05)
+        out = net["client"].run([*wrap, "iperf3", "-c", "10.0.1.1", "-p", str(port), "-t", str(seconds), "-J"],
+                                timeout=seconds + 60).stdout
+    finally:
+        server.wait(timeout=30)
+    end = json.loads(out)["end"]["sum_received"]
+    return end["bits_per_second"] / 1e6, int(end["bytes"])
+
+
+def daemon_cpu(pid: int) -> float:
+    """utime + stime of process `pid`, in seconds (/proc; pids are shared across network namespaces)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(net, daemons, run) -> dict:
+    """`run()` -> (Mbit/s, bytes), with each daemon's CPU s/GB and queue packets/s over it."""
+    hosts = ("client", "server")
+    before = [(daemon_cpu(d.pid), queue_packets(net, h)) for d, h in zip(daemons, hosts)]
+    t0 = time.monotonic()
+    mbps, nbytes = run()
+    elapsed = time.monotonic() - t0
+    out = {"mbps": mbps}
+    for (cpu0, pk0), d, h in zip(before, daemons, hosts):
+        out[f"cpu_s_per_gb_{h}"] = (daemon_cpu(d.pid) - cpu0) / (nbytes / 1e9)
+        out[f"packets_per_s_{h}"] = (queue_packets(net, h) - pk0) / elapsed
+    return out
+
+
+def queue_packets(net, host) -> int:
+    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout).get("nfq_packets", 0)
+
+
+def paths_used(daemons) -> str:
+    """'queue backend: ...; segment path: ...' as the daemons logged them at start."""
+    from mptcrypt.daemon.main import daemon_log
+    found = set()
+    for d in daemons:
+        for line in daemon_log(d).splitlines():
+            for key in ("queue backend: ", "segment path: "):
+                if key in line:
+                    found.add(key + line.split(key, 1)[1].split(" (")[0])
+    return "; ".join(sorted(found))
 
 
 def client_script(net, n, proto, mode) -> dict:
@@ -105,6 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--mib", type=int, default=64)
     p.add_argument("--conns", type=int, default=200)
     p.add_argument("--joins", type=int, default=30)
+    p.add_argument("--backends", default="netfilterqueue,batched", help="queue backends to run mptcrypt with")
+    p.add_argument("--iperf-seconds", type=int, default=3)
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -114,68 +176,99 @@ def main(argv=None) -> int:
     from mptcrypt.topo import Net, load_topo
 
     topo, *_ = load_topo(str(REPO / "topologies" / "two_path.py"))
-    samples: dict[str, list[float]] = {}
+    samples: dict[tuple[str, str], list[float]] = {}
+    extra_samples: dict[tuple[str, str], list[dict]] = {}
     joins: dict[str, list[float]] = {}
+    used: dict[str, str] = {}
+    backends = args.backends.split(",")
+    modes = ["plain"] + [f"mptcrypt {b}" for b in backends] + ["mptcrypt fresh"]
 
-    def add(name, value):
-        samples.setdefault(name, []).append(value)
+    def add(case, mode, value, extra=None):
+        samples.setdefault((case, mode), []).append(value)
+        if extra:
+            extra_samples.setdefault((case, mode), []).append(extra)
 
     with Net(topo, state_file=None, lock_timeout=1200) as net:
         for trial in range(args.trials):
-            for mode in ("plain", "mptcrypt", "mptcrypt-fresh"):
+            for mode in modes:
                 daemons = []
                 try:
                     if mode != "plain":
-                        extra = ["--no-resume"] if mode == "mptcrypt-fresh" else []
-                        daemons = [spawn_in_netns(f"mptc-{h}", "--ports", "5000-5200", *extra) for h in ("client", "server")]
-                    label = "mptcrypt" if mode != "plain" else "plain"
-                    if mode != "mptcrypt-fresh":
-                        add(f"bulk TCP Mbit/s ({label})", bulk(net, 5001, args.mib << 20, mptcp=False))
-                        add(f"bulk MPTCP 2 subflows Mbit/s ({label})", bulk(net, 5002, args.mib << 20, mptcp=True))
+                        backend = mode.split()[1] if mode != "mptcrypt fresh" else backends[0]
+                        extra = ["--no-resume"] if mode == "mptcrypt fresh" else []
+                        daemons = [spawn_in_netns(f"mptc-{h}", "--ports", "5000-5200", "--queue-backend", backend,
+                                                  *extra) for h in ("client", "server")]
+                        used[mode] = paths_used(daemons)
+                    if mode != "mptcrypt fresh":
+                        cases = [("bulk TCP Mbit/s (own tool)", lambda: bulk(net, 5001, args.mib << 20, False)),
+                                 ("bulk MPTCP 2 subflows Mbit/s (own tool)", lambda: bulk(net, 5002, args.mib << 20, True)),
+                                 ("bulk TCP Mbit/s (iperf3)", lambda: iperf(net, 5003, args.iperf_seconds, False)),
+                                 ("bulk MPTCP 2 subflows Mbit/s (iperf3 + mptcpize)",
+                                  lambda: iperf(net, 5004, args.iperf_seconds, True))]
+                        for case, run in cases:
+                            if daemons:
+                                m = measured(net, daemons, run)
+                                add(case, mode, m.pop("mbps"), m)
+                            else:
+                                add(case, mode, run()[0])
                     for proto, pname in ((0, "TCP"), (262, "MPTCP")):
                         echo = net["server"].popen([PY, "-c", ECHO_SERVER, str(proto)], stdout=subprocess.PIPE, text=True)
                         echo.stdout.readline()
                         try:
-                            kind = {"plain": "plain", "mptcrypt": "mptcrypt resumed", "mptcrypt-fresh": "mptcrypt fresh"}[mode]
-                            if mode == "mptcrypt":  # one full handshake first, so the rest resume
+                            kind = "fresh" if mode == "mptcrypt fresh" else "resumed" if daemons else "plain"
+                            if kind == "resumed":  # one full handshake first, so the rest resume
                                 client_script(net, 1, proto, "conns")
-                            add(f"{pname} connections/s ({kind})", client_script(net, args.conns, proto, "conns")["rate"])
+                            add(f"{pname} connections/s ({kind})", mode,
+                                client_script(net, args.conns, proto, "conns")["rate"])
                             if proto == 262:
                                 got = client_script(net, args.joins, proto, "joins")
-                                joins.setdefault(kind, []).extend(got["join_ms"])
-                                add(f"joins not established within 2 s ({kind})", got["missing"])
+                                joins.setdefault(mode, []).extend(got["join_ms"])
+                                add("joins not established within 2 s", mode, got["missing"])
                         finally:
                             echo.kill()
                             echo.wait()
                 finally:
                     for d in daemons:
                         stop(d, remove_log=True)
-    result = {name: {"median": round(statistics.median(v), 1), "samples": [round(x, 1) for x in v]}
-              for name, v in samples.items()}
-    for label, lat in joins.items():
+    for mode, lat in joins.items():
         if lat:
-            result[f"connect to join established, ms p50 ({label})"] = {
-                "median": round(statistics.median(lat), 3), "samples": len(lat)}
-    result["_meta"] = {"trials": args.trials, "mib": args.mib, "conns": args.conns, "cpus": os.cpu_count(),
-                       "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+            samples[("connect to join established, ms p50", mode)] = [statistics.median(lat)]
+    rows = []
+    for (case, mode), values in samples.items():
+        plain = samples.get((case.replace("(fresh)", "(plain)").replace("(resumed)", "(plain)"), "plain"))
+        row = {"case": case, "mode": mode, "median": round(statistics.median(values), 3),
+               "samples": [round(x, 3) for x in values], "paths": used.get(mode, "")}
+        if plain and mode != "plain" and statistics.median(plain):
+            row["ratio_to_plain"] = round(statistics.median(values) / statistics.median(plain), 4)
+        for key in ("cpu_s_per_gb_client", "cpu_s_per_gb_server", "packets_per_s_client", "packets_per_s_server"):
+            got = [e[key] for e in extra_samples.get((case, mode), [])]
+            if got:
+                row[key] = round(statistics.median(got), 2)
+        rows.append(row)
+    result = {"rows": rows, "paths": used,
+              "_meta": {"trials": args.trials, "mib": args.mib, "conns": args.conns, "iperf_seconds": args.iperf_seconds,
+                        "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}}
     print(json.dumps(result))
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=f"mptcrypt benchmark (medians of {args.trials} trials, two_path topology)")
-        t.add_column("case")
-        t.add_column("median", justify="right")
-        t.add_column("samples")
-        for name, v in result.items():
-            if not name.startswith("_"):
-                t.add_row(name, str(v["median"]), str(v["samples"]))
-        Console().print(t)
-    except ImportError:
-        pass
+    print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def table(result: dict) -> str:
+    """Markdown: one row per case and mode, with the ratio to plain and the daemons' cost."""
+    lines = [f"mptcrypt benchmark (medians of {result['_meta']['trials']} trials, two_path topology)", "",
+             "| case | mode | median | x plain | daemon CPU s/GB client / server | queue pkt/s client / server |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cpu = (f"{r['cpu_s_per_gb_client']:.1f} / {r['cpu_s_per_gb_server']:.1f}"
+               if "cpu_s_per_gb_client" in r else "")
+        pps = (f"{r['packets_per_s_client']:,.0f} / {r['packets_per_s_server']:,.0f}"
+               if "packets_per_s_client" in r else "")
+        ratio = f"{r['ratio_to_plain']:.3f}" if "ratio_to_plain" in r else ""
+        lines.append(f"| {r['case']} | {r['mode']} | {r['median']:,.1f} | {ratio} | {cpu} | {pps} |")
+    lines += ["", "paths: " + "; ".join(f"{m}: {p}" for m, p in result["paths"].items())]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

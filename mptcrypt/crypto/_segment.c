@@ -196,6 +196,18 @@ poly_finish(const PolyState *st, unsigned char out[16])
     memcpy(out + 8, &hi, 8);
 }
 
+/* Poly1305_{r, s=0}(m) of a contiguous message */
+static void
+poly_hash(const PolyKey *k, const unsigned char *m, size_t n, unsigned char out[16])
+{
+    PolyState st = {0, 0, 0};
+    size_t whole = n & ~(size_t)15;
+    poly_blocks(&st, k, m, whole, 1ull << 40);
+    if (n > whole)
+        poly_tail(&st, k, m + whole, n - whole);
+    poly_finish(&st, out);
+}
+
 typedef struct {
     PyObject_HEAD
     int suite;
@@ -412,9 +424,10 @@ mac(SegmentCipherObject *self, uint64_t ext_seq, uint64_t ext_ack, const unsigne
     return 0;
 }
 
+/* seal/open's arguments, the packet's buffer (released here on error) and its TCP header length */
 static int
 parse_args(PyObject *const *args, Py_ssize_t nargs, const char *name, Py_buffer *packet, Py_ssize_t *l4,
-           uint64_t *ext_seq, uint64_t *ext_ack)
+           uint64_t *ext_seq, uint64_t *ext_ack, int *hlen)
 {
     if (nargs != 4) {
         PyErr_Format(PyExc_TypeError, "%s() takes 4 arguments (packet, l4, ext_seq, ext_ack), %zd given", name,
@@ -432,7 +445,7 @@ parse_args(PyObject *const *args, Py_ssize_t nargs, const char *name, Py_buffer 
         return -1;
     if (PyObject_GetBuffer(args[0], packet, PyBUF_SIMPLE) < 0)
         return -1;
-    if (check_l4(packet->buf, packet->len, *l4) < 0) {
+    if (check_l4(packet->buf, packet->len, *l4) < 0 || (*hlen = tcp_header_len(packet->buf, packet->len, *l4)) < 0) {
         PyBuffer_Release(packet);
         return -1;
     }
@@ -448,13 +461,11 @@ SegmentCipher_seal(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t 
     Py_buffer pkt;
     Py_ssize_t l4;
     uint64_t ext_seq, ext_ack;
-    if (parse_args(args, nargs, "seal", &pkt, &l4, &ext_seq, &ext_ack) < 0)
+    int hlen;
+    if (parse_args(args, nargs, "seal", &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
         return NULL;
     const unsigned char *in = pkt.buf;
     PyObject *result = NULL;
-    int hlen = tcp_header_len(in, pkt.len, l4);
-    if (hlen < 0)
-        goto done;
     Py_ssize_t options_len = hlen - TCP_HEADER_LEN;
     if (options_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE) {
         result = Py_NewRef(Py_None);
@@ -496,13 +507,11 @@ SegmentCipher_open(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t 
     Py_buffer pkt;
     Py_ssize_t l4;
     uint64_t ext_seq, ext_ack;
-    if (parse_args(args, nargs, "open", &pkt, &l4, &ext_seq, &ext_ack) < 0)
+    int hlen;
+    if (parse_args(args, nargs, "open", &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
         return NULL;
     const unsigned char *in = pkt.buf;
     PyObject *result = NULL;
-    int hlen = tcp_header_len(in, pkt.len, l4);
-    if (hlen < 0)
-        goto done;
     const unsigned char *mac_opt = in + l4 + hlen - MAC_OPTION_LEN;
     if (hlen - TCP_HEADER_LEN < MAC_OPTION_LEN || memcmp(mac_opt, MAC_PREFIX, 4) != 0) {
         result = Py_NewRef(Py_None);
@@ -602,7 +611,54 @@ SegmentCipher_dealloc(SegmentCipherObject *self)
     Py_DECREF(tp);
 }
 
+/* keystream(ext_seq, data) and tag(mac_input): the two primitives alone, for callers that assemble a segment
+   themselves, and for the differential test against segment.SegmentKeys. */
+static PyObject *
+SegmentCipher_keystream(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "keystream(ext_seq, data)");
+        return NULL;
+    }
+    uint64_t ext_seq = PyLong_AsUnsignedLongLong(args[0]);
+    if (ext_seq == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, data.len);
+    if (out != NULL && data.len &&
+        keystream_xor(self, ext_seq, data.buf, (unsigned char *)PyBytes_AS_STRING(out), data.len) < 0)
+        Py_CLEAR(out);
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyObject *
+SegmentCipher_tag(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer m;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "tag(mac_input)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &m, PyBUF_SIMPLE) < 0)
+        return NULL;
+    unsigned char hash[16], block[16];
+    int outl;
+    poly_hash(&self->hash_key, m.buf, (size_t)m.len, hash);
+    PyBuffer_Release(&m);
+    if (!EVP_EncryptUpdate(self->prf, block, &outl, hash, 16)) {
+        openssl_failed("MAC");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((char *)block, MAC_TAG_LEN);
+}
+
 static PyMethodDef SegmentCipher_methods[] = {
+    {"keystream", (PyCFunction)(void (*)(void))SegmentCipher_keystream, METH_FASTCALL,
+     "keystream(ext_seq, data) -> data XOR the keystream at ext_seq"},
+    {"tag", (PyCFunction)(void (*)(void))SegmentCipher_tag, METH_FASTCALL, "tag(mac_input) -> the 8-byte MAC"},
     {"seal", (PyCFunction)(void (*)(void))SegmentCipher_seal, METH_FASTCALL, seal_doc},
     {"open", (PyCFunction)(void (*)(void))SegmentCipher_open, METH_FASTCALL, open_doc},
     {NULL}
@@ -685,14 +741,9 @@ poly1305_s0(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "r must be 16 bytes");
     } else {
         PolyKey key;
-        PolyState st = {0, 0, 0};
         unsigned char out[16];
-        size_t whole = (size_t)msg.len & ~(size_t)15;
         poly_key(&key, r.buf);
-        poly_blocks(&st, &key, msg.buf, whole, 1ull << 40);
-        if ((size_t)msg.len > whole)
-            poly_tail(&st, &key, (const unsigned char *)msg.buf + whole, (size_t)msg.len - whole);
-        poly_finish(&st, out);
+        poly_hash(&key, msg.buf, (size_t)msg.len, out);
         result = PyBytes_FromStringAndSize((char *)out, 16);
     }
     PyBuffer_Release(&r);

@@ -16,7 +16,6 @@ from hypothesis import given, settings, strategies as st
 from mptcrypt.constants import MAC_OPTION_LEN, SymCipher
 from mptcrypt.crypto import keyschedule as ks
 from mptcrypt.crypto import segment
-from mptcrypt.crypto.protect import MAC_HEADER, DirectionCipher
 from mptcrypt.crypto.vectors import SEGMENT_EXT_ACK, SEGMENT_EXT_SEQ, compute, segment_kernel_packet
 from mptcrypt.wire.checksum import ipv4_header_checksum, verify_tcp_checksum
 from mptcrypt.wire.ip import build_ip_header
@@ -279,15 +278,3 @@ def test_keystream_is_position_keyed_and_mac_covers_everything(suite):
     assert keys.crypt((1 << 40) + 1, data) != ct
     t = keys.tag(b"h" + ct)
     assert len(t) == 8 and t == keys.tag(b"h" + ct) and t != keys.tag(b"h" + ct[:-1]) and t != keys.tag(b"H" + ct)
-
-
-@pytest.mark.parametrize("suite", list(SymCipher))
-def test_engine_shim_puts_the_same_mac_on_the_wire(suite):
-    """crypto/protect.py (the engine's call shape until it calls SegmentCipher) computes the same version-2 tag."""
-    secrets = ks.direction_secrets(SS, True)
-    options = bytes((1, 1, 4, 2, 1, 1, 1, 1))
-    wire = segment.PySegmentCipher(suite, secrets).seal(ipv4(tcp_bytes(options=options, payload=b"abc")), 20, 7, 9)
-    shim = DirectionCipher(suite, secrets)
-    ct = shim.crypt(7, b"abc")
-    assert shim.tag(MAC_HEADER.pack(40000, 5000, 7, 9, 0x18, 502, 0), options, ct) == wire[40 + 8 + 4:40 + 8 + 12]
-    assert wire.endswith(ct)

@@ -155,3 +155,14 @@ def test_poly1305_rfc8439_vector_with_s_added():
     h = int.from_bytes(_segment.poly1305_s0(key[:16], b"Cryptographic Forum Research Group"), "little")
     tag = (h + int.from_bytes(key[16:], "little")) % (1 << 128)
     assert tag.to_bytes(16, "little").hex() == "a8061dc1305136c6c22b8baf0c0127a9"
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=KEYS, ext_seq=U64, data=st.binary(max_size=1600))
+def test_primitives_alone_match_the_reference(keys, ext_seq, data):
+    """keystream/tag (the two primitives alone) against segment.SegmentKeys.crypt/tag."""
+    suite, ss = keys
+    secrets = ks.direction_secrets(ss, True)
+    ref, c = segment.SegmentKeys(suite, secrets), _segment.SegmentCipher(suite, secrets)
+    assert c.keystream(ext_seq, data) == ref.crypt(ext_seq, data)
+    assert c.tag(data) == ref.tag(data)
