@@ -13,7 +13,8 @@ with gcc's libasan preloaded, loads the sanitized module in place of `mptcrypt.c
 
 Any sanitizer report aborts the run (halt_on_error) with its stack; an undocumented exception type is reported.
 Known crashes with a strict-xfail test (an `l4` near PY_SSIZE_T_MAX, an object never initialised) are left out;
-bench/review_fixes.patch (the security review's proposed fixes, `git apply` it) makes those tests pass.
+bench/review_fixes.patch (the security review's proposed fixes for _segment.c, segment.py, _nfq.c and
+wire/segment.py, `git apply` it) makes those tests pass.
 
     python bench/fuzz_segment_asan.py [--seconds 120] [--examples 2000] [--seed N] [--skip-pytest]
 """
