@@ -344,7 +344,8 @@ check_l4(const unsigned char *p, Py_ssize_t len, Py_ssize_t l4)
 {
     int version = len > 0 ? p[0] >> 4 : 0;
     Py_ssize_t min = version == 4 ? IPV4_HEADER_LEN : version == 6 ? IPV6_HEADER_LEN : -1;
-    if (min < 0 || l4 < min || len < l4 + TCP_HEADER_LEN) {
+    /* l4 > len - 20, not len < l4 + 20: l4 comes from the caller and l4 + 20 may overflow */
+    if (min < 0 || l4 < min || l4 > len - TCP_HEADER_LEN) {
         PyErr_Format(PyExc_ValueError, "no TCP header at offset %zd of a %zd-byte IPv%d packet", l4, len, version);
         return -1;
     }
@@ -379,6 +380,10 @@ keystream_xor(SegmentCipherObject *self, uint64_t ext_seq, const unsigned char *
         memcpy(iv, "\x01\x00\x00\x00", 4);        /* RFC 8439 §2.8: block counter 1, little-endian */
     }
     int outl;
+    if (n > INT_MAX) {  /* EVP takes an int: never encrypt a prefix and hand back uninitialised bytes */
+        PyErr_Format(PyExc_ValueError, "%zd bytes are too long for one keystream call", n);
+        return -1;
+    }
     if (!EVP_EncryptInit_ex(self->keystream, NULL, NULL, NULL, iv) ||
         !EVP_EncryptUpdate(self->keystream, out, &outl, in, (int)n))
         return openssl_failed("keystream");
@@ -421,14 +426,30 @@ mac(SegmentCipherObject *self, uint64_t ext_seq, uint64_t ext_ack, const unsigne
     if (!EVP_EncryptUpdate(self->prf, block, &outl, hash, 16))
         return openssl_failed("MAC");
     memcpy(tag, block, MAC_TAG_LEN);
+    OPENSSL_cleanse(hash, sizeof hash);  /* H(m) of a known m gives r away */
+    OPENSSL_cleanse(&st, sizeof st);
+    return 0;
+}
+
+/* 0, or -1 with ValueError for an object whose __init__ never ran (SegmentCipher.__new__ alone): its EVP
+   contexts are NULL and OpenSSL would dereference them */
+static int
+check_ready(SegmentCipherObject *self)
+{
+    if (self->keystream == NULL || self->prf == NULL) {
+        PyErr_SetString(PyExc_ValueError, "SegmentCipher used before __init__ set its keys");
+        return -1;
+    }
     return 0;
 }
 
 /* seal/open's arguments, the packet's buffer (released here on error) and its TCP header length */
 static int
-parse_args(PyObject *const *args, Py_ssize_t nargs, const char *name, Py_buffer *packet, Py_ssize_t *l4,
-           uint64_t *ext_seq, uint64_t *ext_ack, int *hlen)
+parse_args(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs, const char *name, Py_buffer *packet,
+           Py_ssize_t *l4, uint64_t *ext_seq, uint64_t *ext_ack, int *hlen)
 {
+    if (check_ready(self) < 0)
+        return -1;
     if (nargs != 4) {
         PyErr_Format(PyExc_TypeError, "%s() takes 4 arguments (packet, l4, ext_seq, ext_ack), %zd given", name,
                      nargs);
@@ -462,7 +483,7 @@ SegmentCipher_seal(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t l4;
     uint64_t ext_seq, ext_ack;
     int hlen;
-    if (parse_args(args, nargs, "seal", &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
+    if (parse_args(self, args, nargs, "seal", &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
         return NULL;
     const unsigned char *in = pkt.buf;
     PyObject *result = NULL;
@@ -508,7 +529,7 @@ SegmentCipher_open(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t l4;
     uint64_t ext_seq, ext_ack;
     int hlen;
-    if (parse_args(args, nargs, "open", &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
+    if (parse_args(self, args, nargs, "open", &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
         return NULL;
     const unsigned char *in = pkt.buf;
     PyObject *result = NULL;
@@ -530,6 +551,8 @@ SegmentCipher_open(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t 
         goto done;
     }
     Py_ssize_t tcp_len = kernel_hlen + ct_len;
+    if (check_ip_len(in, l4, tcp_len) < 0)  /* as the reference: a verified packet too long for the IP length */
+        goto done;
     result = PyBytes_FromStringAndSize(NULL, l4 + tcp_len);
     if (result == NULL)
         goto done;
@@ -617,6 +640,8 @@ static PyObject *
 SegmentCipher_keystream(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer data;
+    if (check_ready(self) < 0)
+        return NULL;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "keystream(ext_seq, data)");
         return NULL;
@@ -638,6 +663,8 @@ static PyObject *
 SegmentCipher_tag(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer m;
+    if (check_ready(self) < 0)
+        return NULL;
     if (nargs != 1) {
         PyErr_SetString(PyExc_TypeError, "tag(mac_input)");
         return NULL;
@@ -648,7 +675,9 @@ SegmentCipher_tag(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t n
     int outl;
     poly_hash(&self->hash_key, m.buf, (size_t)m.len, hash);
     PyBuffer_Release(&m);
-    if (!EVP_EncryptUpdate(self->prf, block, &outl, hash, 16)) {
+    int ok = EVP_EncryptUpdate(self->prf, block, &outl, hash, 16);
+    OPENSSL_cleanse(hash, sizeof hash);
+    if (!ok) {
         openssl_failed("MAC");
         return NULL;
     }
@@ -744,6 +773,7 @@ poly1305_s0(PyObject *module, PyObject *args)
         unsigned char out[16];
         poly_key(&key, r.buf);
         poly_hash(&key, msg.buf, (size_t)msg.len, out);
+        OPENSSL_cleanse(&key, sizeof key);
         result = PyBytes_FromStringAndSize((char *)out, 16);
     }
     PyBuffer_Release(&r);

@@ -84,8 +84,11 @@ def _check_l4(packet: bytes, l4: int) -> None:
         raise ValueError(f"no TCP header at offset {l4} of a {len(packet)}-byte IPv{version} packet")
 
 
-def _tcp_header(packet: bytes, l4: int) -> tuple[int, int, int, int]:
-    """(data offset + flags word, window, urgent, header length) of the TCP header at `l4`, checked to fit."""
+def _tcp_header(packet: bytes, l4: int, ext_seq: int, ext_ack: int) -> tuple[int, int, int, int]:
+    """(data offset + flags word, window, urgent, header length) of the TCP header at `l4`, checked to fit; the
+    extended seq/ack checked to fit 64 bits first, as the compiled path does (never a silent None for them)."""
+    if not (0 <= ext_seq < 1 << 64 and 0 <= ext_ack < 1 << 64):
+        raise OverflowError(f"extended seq/ack {ext_seq}/{ext_ack} do not fit 64 bits")
     _check_l4(packet, l4)
     off_flags, window, _csum, urg = struct.unpack_from("!HHHH", packet, l4 + 12)
     hlen = (off_flags >> 12) << 2
@@ -104,7 +107,7 @@ class PySegmentCipher:
 
     def seal(self, packet: bytes, l4: int, ext_seq: int, ext_ack: int) -> bytes | None:
         """The on-wire packet for kernel `packet`, or None when its options leave no room for the MAC option."""
-        off_flags, window, urg, hlen = _tcp_header(packet, l4)
+        off_flags, window, urg, hlen = _tcp_header(packet, l4, ext_seq, ext_ack)
         options = packet[l4 + TCP_HEADER_LEN:l4 + hlen]
         if len(options) + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE:
             return None
@@ -116,7 +119,7 @@ class PySegmentCipher:
 
     def open(self, packet: bytes, l4: int, ext_seq: int, ext_ack: int) -> bytes | None:
         """The kernel packet for on-wire `packet`; None unless its option area ends with a MAC option that verifies."""
-        off_flags, window, urg, hlen = _tcp_header(packet, l4)
+        off_flags, window, urg, hlen = _tcp_header(packet, l4, ext_seq, ext_ack)
         end = l4 + hlen
         if hlen - TCP_HEADER_LEN < MAC_OPTION_LEN or packet[end - MAC_OPTION_LEN:end - MAC_TAG_LEN] != EXP_PREFIX:
             return None
@@ -159,17 +162,46 @@ def py_assemble(packet: bytes, l4: int, options: bytes, payload: bytes) -> bytes
     return b"".join((ip, head[:16], _CSUM.pack(csum), head[18:], payload))
 
 
+def _known_answer(compiled) -> str | None:
+    """Why the compiled class does not give the reference's bytes (None when it does): a build that reports
+    MAC_VERSION 2 but is stale or miscompiled would otherwise put a MAC on the wire that no peer verifies."""
+    secrets = DirectionSecrets(bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 76)))
+    tcp = _TCP.pack(40000, 5000, 1, 2, (8 << 12) | 0x18, 502, 0, 0) + bytes((1, 1, 8, 10)) + bytes(range(45))
+    packet = bytes((0x45, 0, 0, 20 + len(tcp), 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2)) + tcp
+    seq, ack = 0x1_0000_0001, 0x2_0000_0002
+    for suite in SymCipher:
+        ref = PySegmentCipher(suite, secrets)
+        wire = ref.seal(packet, 20, seq, ack)
+        try:
+            c = compiled(suite, secrets)
+            same = c.seal(packet, 20, seq, ack) == wire and c.open(wire, 20, seq, ack) == ref.open(wire, 20, seq, ack)
+        except Exception as exc:  # any failure of the build is a reason to run the reference
+            return f"extension failed its known-answer check for {suite.name}: {exc!r}"
+        if not same:
+            return f"extension fails the known-answer check for {suite.name} (stale build? `pip install -e .`)"
+    return None
+
+
 def _select():
-    """(SegmentCipher, assemble, path name, reason): the compiled pair unless it is not importable or forced off."""
-    if os.environ.get(ENV_SEGMENT_PATH, "").lower() == "python":
+    """(SegmentCipher, assemble, path name, reason): the compiled pair unless it is not importable, fails its
+    known-answer check, or is forced off. MPTCRYPT_SEGMENT_PATH: unset/"" (either), "python", "compiled"
+    (refuse to start without it); any other value is an error, never silently the default."""
+    forced = os.environ.get(ENV_SEGMENT_PATH, "").strip().lower()
+    if forced not in ("", "python", "compiled"):
+        raise ValueError(f"{ENV_SEGMENT_PATH}={os.environ[ENV_SEGMENT_PATH]!r}: use 'python', 'compiled' or unset it")
+    if forced == "python":
         return PySegmentCipher, py_assemble, "python", f"forced by {ENV_SEGMENT_PATH}=python"
     try:
         from mptcrypt.crypto import _segment
+        why = None if _segment.MAC_VERSION == MAC_VERSION else f"extension built for protocol v{_segment.MAC_VERSION}"
+        why = why or _known_answer(_segment.SegmentCipher)
     except ImportError as exc:
-        return PySegmentCipher, py_assemble, "python", f"extension not importable: {exc}"
-    if _segment.MAC_VERSION != MAC_VERSION:  # a stale build: rebuild with `pip install -e .`
-        return PySegmentCipher, py_assemble, "python", f"extension built for protocol v{_segment.MAC_VERSION}"
-    return _segment.SegmentCipher, _segment.assemble, "compiled", f"mptcrypt.crypto._segment, {_segment.OPENSSL}"
+        why = f"extension not importable: {exc}"
+    if why is None:
+        return _segment.SegmentCipher, _segment.assemble, "compiled", f"mptcrypt.crypto._segment, {_segment.OPENSSL}"
+    if forced == "compiled":
+        raise ImportError(f"{ENV_SEGMENT_PATH}=compiled but {why}")
+    return PySegmentCipher, py_assemble, "python", why
 
 
 SegmentCipher, assemble, SEGMENT_PATH, SEGMENT_PATH_REASON = _select()

@@ -107,8 +107,12 @@ recv_batch(PyObject *module, PyObject *args)
         while (off + NLMSG_HDRLEN <= len) {
             const struct nlmsghdr *nlh = (const struct nlmsghdr *)(slots[i] + off);
             size_t mlen = nlh->nlmsg_len;
-            int cut = truncated && off + mlen > len;
             if (mlen < NLMSG_HDRLEN)
+                break;
+            /* never parse past the bytes that arrived: a longer message is the one MSG_TRUNC cut (the last), or a
+               lying one; either way mlen <= len - off below, so NLMSG_ALIGN(mlen) cannot wrap to 0 */
+            int cut = off + mlen > len;
+            if (cut && !truncated)
                 break;
             PyObject *pkt = parse_packet(slots[i] + off, cut ? len - off : mlen, cut);
             if (pkt != NULL) {

@@ -236,8 +236,7 @@ class Daemon:
                 log.info("took over %d flows from the previous daemon", self.engine.import_state(handover))
             log.info("segment path: %s (%s)", segment.SEGMENT_PATH, segment.SEGMENT_PATH_REASON)
             raw = RawSocket()
-            worker, backend = make_queue_worker(self.queue_backend, self.engine, config.queue_num, raw.send,
-                                                config.fail_open)
+            worker, backend = make_queue_worker(self.queue_backend, self.engine, config.queue_num, raw.send)
             self.worker = worker
             log.info("queue backend: %s", backend)
             worker.on_events = lambda events: control.publish([event_record(e) for e in events])

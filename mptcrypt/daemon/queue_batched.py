@@ -9,8 +9,10 @@ fail-closed handling and logging are that class's `on_packet`); only the queue I
   kernel sees packets in the order the engine decided them.
 * NETLINK_NO_ENOBUFS (a full socket buffer drops the packet and counts it in /proc instead of failing the
   socket), the socket buffer forced to hold a full queue, queue maxlen MAX_QUEUE_LEN, the whole packet copied
-  (no 4016-byte limit), and NFQA_CFG_F_FAIL_OPEN with `--fail-open` (the kernel passes packets when the queue is
-  full instead of dropping them).
+  (no 4016-byte limit), and NFQA_CFG_F_FAIL_OPEN always cleared, `--fail-open` or not: with it the kernel passes
+  packets unexamined whenever the queue is full, which anyone who can flood the host can cause, and protected
+  connections would then leak plaintext and take injected segments. `--fail-open` means only "while no daemon
+  listens" (iptables --queue-bypass); a full queue drops, and TCP retransmits.
 
 Message layout (linux/netfilter/nfnetlink_queue.h): nlmsghdr | nfgenmsg(family, version, res_id = queue) |
 attributes (nlattr: u16 length, u16 type, padded to 4). The kernel puts NFQA_PACKET_HDR first.
@@ -76,9 +78,8 @@ class BatchedQueueWorker(QueueWorker):
     backend = "batched"
 
     def __init__(self, engine, queue_num: int, send: Callable[[bytes], None], clock: Callable[[], float] = time.monotonic,
-                 fail_open: bool = False, **kwargs):
+                 **kwargs):
         super().__init__(engine, queue_num, send, clock, **kwargs)
-        self.fail_open = fail_open
         self._sock: socket.socket | None = None
         self._verdicts: list[tuple] = []  # (packet id, verdict, new payload or None), sent as one sendmsg
         self._seq = 0
@@ -102,8 +103,7 @@ class BatchedQueueWorker(QueueWorker):
             self._config(_attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
             self._config(_attr(NFQA_CFG_PARAMS, struct.pack("!IB", COPY_RANGE, NFQNL_COPY_PACKET)),
                          _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", MAX_QUEUE_LEN)))
-            flags = NFQA_CFG_F_FAIL_OPEN if self.fail_open else 0
-            self._config(_attr(NFQA_CFG_FLAGS, struct.pack("!I", flags)),
+            self._config(_attr(NFQA_CFG_FLAGS, struct.pack("!I", 0)),  # never fail open on a full queue (above)
                          _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)))
         except OSError as exc:
             sock.close()
@@ -220,14 +220,13 @@ QUEUE_BACKENDS = ("netfilterqueue", "batched")
 DEFAULT_QUEUE_BACKEND = "batched"  # measured faster (bench_queue, bench_throughput); netfilterqueue stays selectable
 
 
-def make_queue_worker(backend: str, engine, queue_num: int, send: Callable[[bytes], None],
-                      fail_open: bool = False) -> tuple[QueueWorker, str]:
+def make_queue_worker(backend: str, engine, queue_num: int, send: Callable[[bytes], None]) -> tuple[QueueWorker, str]:
     """The NFQUEUE edge `backend` (one of QUEUE_BACKENDS) for `engine`, and a line saying which one runs and why:
     "batched" needs the compiled helper mptcrypt.daemon._nfq, and runs netfilterqueue without it."""
     if backend not in QUEUE_BACKENDS:
         raise MptcryptError(f"unknown queue backend {backend!r} (one of {', '.join(QUEUE_BACKENDS)})")
     if backend == "batched":
         if _nfq is not None:
-            return BatchedQueueWorker(engine, queue_num, send, fail_open=fail_open), "batched (recvmmsg, one sendmsg)"
+            return BatchedQueueWorker(engine, queue_num, send), "batched (recvmmsg, one sendmsg)"
         return QueueWorker(engine, queue_num, send), f"netfilterqueue (batched unavailable: {_NFQ_MISSING})"
     return QueueWorker(engine, queue_num, send), "netfilterqueue"

@@ -219,6 +219,16 @@ def ipv6_transport_offset(packet: bytes) -> int | None:
     for _ in range(IPV6_MAX_EXT_HEADERS + 1):
         if nxt == IPPROTO_TCP:
             return off
+        if nxt == IPV6_EXT_FRAGMENT:
+            # RFC 8200 §4.5: 8 bytes, offset and M flag in bytes 2-3. An atomic fragment (offset 0, M = 0, RFC 6946)
+            # goes to TCP as it is, so it is walked; a TCP fragment is refused (Linux TCP never sends one, and its
+            # reassembly would reach TCP without a MAC check). Non-first fragments never match `-p tcp`.
+            if off + 8 > len(packet):
+                raise DecodeError(f"IPv6 fragment header at offset {off} runs past the packet")
+            if _U16.unpack_from(packet, off + 2)[0] & 0xFFF9:
+                raise DecodeError("IPv6 fragment of a TCP segment (fragments are never passed unexamined)")
+            nxt, off = packet[off], off + 8
+            continue
         if nxt in IPV6_OPAQUE:
             raise DecodeError(f"IPv6 header {nxt} before the transport: cannot verify what it carries")
         if nxt not in IPV6_WALKABLE:

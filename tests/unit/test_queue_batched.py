@@ -98,8 +98,8 @@ def test_backend_choice(monkeypatch):
     w, why = qb.make_queue_worker("netfilterqueue", Engine([]), 7, print)
     assert type(w) is QueueWorker and why == "netfilterqueue"
     monkeypatch.setattr(qb, "_nfq", object())
-    w, why = qb.make_queue_worker("batched", Engine([]), 7, print, fail_open=True)
-    assert isinstance(w, qb.BatchedQueueWorker) and w.fail_open and why.startswith("batched")
+    w, why = qb.make_queue_worker("batched", Engine([]), 7, print)
+    assert isinstance(w, qb.BatchedQueueWorker) and why.startswith("batched")
     monkeypatch.setattr(qb, "_nfq", None)
     w, why = qb.make_queue_worker("batched", Engine([]), 7, print)
     assert type(w) is QueueWorker and why.startswith("netfilterqueue (batched unavailable")

@@ -63,10 +63,6 @@ def test_well_formed_batches_parse():
     assert (rc, out.strip()) == (0, "[(7, 1, 40), (8, 1, None), (9, 1, 1500)]"), err[-500:]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (low, local): recv_batch steps by NLMSG_ALIGN(nlmsg_len); for "
-                                       "nlmsg_len >= 0xFFFFFFFD the unsigned-int mask wraps the step to 0 and it "
-                                       "appends the same packet forever (an unbounded loop that ate 24 GB in a "
-                                       "fuzz run); nlmsg_len is also never bounded by the bytes received")
 @pytest.mark.parametrize("nlmsg_len", [0xFFFFFFFD, 0xFFFFFFFF])
 def test_a_huge_nlmsg_len_ends_the_parse(nlmsg_len):
     rc, out, err = run_child(f"""
@@ -77,10 +73,6 @@ def test_a_huge_nlmsg_len_ends_the_parse(nlmsg_len):
     assert (rc, out.strip()) == (0, "True"), err[-300:]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (low, local): a message whose nlmsg_len exceeds the bytes received (not "
-                                       "flagged MSG_TRUNC) is parsed up to nlmsg_len, past the datagram into the "
-                                       "static receive slot: a stale payload from an earlier packet is returned "
-                                       "as this packet's")
 def test_nlmsg_len_beyond_the_datagram_does_not_read_stale_bytes():
     rc, out, err = run_child("""
         a.send(message(packet_hdr(1) + attr(10, b"OLD PLAINTEXT " * 8)))

@@ -197,9 +197,6 @@ CHILD_PRELUDE = """
 """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check_l4 computes l4 + 20 in Py_ssize_t; an l4 near PY_SSIZE_T_MAX "
-                                       "overflows it (UB), passes the check and seal/open read packet[l4 + 12]: "
-                                       "SIGSEGV (assemble: SystemError)")
 @pytest.mark.parametrize("call", ["c.seal(packet, sys.maxsize - 15, 0, 0)", "c.open(packet, sys.maxsize - 15, 0, 0)",
                                   "_segment.assemble(packet, sys.maxsize - 15, b'', b'')"])
 def test_huge_l4_raises_value_error_not_a_crash(call):
@@ -212,8 +209,6 @@ def test_huge_l4_raises_value_error_not_a_crash(call):
     assert (child.returncode, child.stdout.strip()) == (0, "ValueError"), child.stderr[-500:]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SegmentCipher.__new__ without __init__ leaves the EVP contexts NULL and "
-                                       "seal/open/keystream/tag hand them to OpenSSL: SIGSEGV (should raise)")
 def test_uninitialised_object_raises_not_a_crash():
     child = run_child(CHILD_PRELUDE + """
     u = _segment.SegmentCipher.__new__(_segment.SegmentCipher)
@@ -234,9 +229,6 @@ def _kernel_packet(payload_len: int, version: int = 4) -> tuple[bytes, int]:
     return ip_header(version, 5, (l4 if version == 4 else 0) + len(tcp)) + tcp, l4
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: open() has no IP length check: a verified segment whose kernel packet "
-                                       "exceeds the 16-bit IP length comes back with its length field truncated "
-                                       "mod 2^16 (the reference raises ValueError)")
 def test_open_of_an_oversized_verified_packet_raises_like_the_reference():
     py, c = both()
     keys = segment.SegmentKeys(SymCipher.AES128, SECRETS)
