@@ -77,20 +77,22 @@ if [ "${#absent[@]}" -gt 0 ]; then
   exit 1
 fi
 
-# `mptcrypt` on PATH: a link in /usr/local/bin to this checkout's entry point. Made when absent, renewed when it is
-# ours or dangling (a deleted checkout); anything else there (a file, a link to another live checkout) is left alone.
+# `mptcrypt` on PATH: a link in /usr/local/bin to this checkout's entry point. Made when absent or dangling, and
+# renewed when it is a link an mptcrypt setup made (it points at some checkout's .venv/bin/mptcrypt): the checkout
+# set up last is the one on PATH, as the README's commands expect. Anything else there is left alone.
 LINK=/usr/local/bin/mptcrypt
 TARGET=$ROOT/.venv/bin/mptcrypt
 where="$LINK -> $TARGET"
-if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$TARGET" ]; then
+current=$(readlink "$LINK" 2>/dev/null || true)
+if [ "$current" = "$TARGET" ]; then
   :
-elif { [ ! -e "$LINK" ] && [ ! -L "$LINK" ]; } || { [ -L "$LINK" ] && [ ! -e "$LINK" ]; }; then
+elif { [ ! -e "$LINK" ] && [ ! -L "$LINK" ]; } || { [ -L "$LINK" ] && { [ ! -e "$LINK" ] || [[ "$current" == */.venv/bin/mptcrypt ]]; }; }; then
   if ln -sfn "$TARGET" "$LINK" 2>/dev/null; then
-    :
+    [ -n "$current" ] && where="$where (was $current)"
   else
     where="$TARGET (could not link $LINK: not root?)"
   fi
 else
-  where="$TARGET ($LINK is $(readlink -f "$LINK"), not this checkout's: left alone; replace it with ln -sfn $TARGET $LINK)"
+  where="$TARGET ($LINK is not a link made by this setup: left alone; replace it with ln -sfn $TARGET $LINK)"
 fi
 echo "setup: ready (.venv/bin/python, $(.venv/bin/python --version)); mptcrypt is $where"
