@@ -31,8 +31,10 @@ def _endpoint(addr) -> tuple[str, int]:
 def session_id(sock: socket.socket, *, timeout: float = 5.0, control: str | None = None) -> bytes | None:
     """The mptcrypt session ID of a connected TCP or MPTCP socket, None if the daemon does not protect it.
 
-    Raises OSError (ENOTCONN) for an unconnected socket, ValueError for a non-IP one, DaemonNotRunning when no
-    daemon runs in this network namespace."""
+    Safe right after connect()/accept(): while the connection's handshake (INIT1/INIT2, one more round trip) is in
+    flight the daemon holds the answer until it is decided, up to `timeout` seconds. Raises OSError (ENOTCONN) for
+    an unconnected socket, ValueError for a non-IP one, DaemonNotRunning when no daemon runs in this network
+    namespace, HandshakeInProgress when the handshake is still undecided after `timeout`."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         raise ValueError(f"session_id() needs an IPv4 or IPv6 socket, not {sock.family!r}")
     remote = sock.getpeername()  # raises OSError(ENOTCONN) first, the clearest error for an unconnected socket

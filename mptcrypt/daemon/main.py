@@ -29,7 +29,8 @@ import time
 from mptcrypt import __version__
 from mptcrypt.constants import CONTROL_SOCKET
 from mptcrypt.core.config import Config
-from mptcrypt.daemon.control import ControlServer
+from mptcrypt.core.state import LIVE as HANDSHAKE_STATES
+from mptcrypt.daemon.control import ControlServer, Deferred
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
@@ -44,6 +45,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOOP_CAP = 1.0  # longest sleep of the loop (seconds)
 CONTROL_TICK = 5.0  # how often idle control connections are reaped
 VERBOSE_STATS_EVERY = 10.0  # with -v: a counters line this often, when they changed
+MAX_SID_WAIT = 30.0  # longest a `sid` request may stay parked waiting for its handshake
 
 
 def format_ports(ports: tuple[tuple[int, int], ...]) -> str:
@@ -126,9 +128,33 @@ class Daemon:
             edge = self.worker.stats() if self.worker is not None else {}
             return {"ok": True, "stats": engine.stats(), "edge": edge}
         if cmd == "sid":
-            sid = engine.session_id(_addr(request.get("local"), "local"), _addr(request.get("remote"), "remote"))
-            return {"ok": True, "sid": sid.hex() if sid else None}
+            return self._sid_request(request)
         return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, sid)"}
+
+    def _sid_request(self, request: dict) -> dict | Deferred:
+        """The sid of a flow once its protection is decided; parked (up to `wait` s) while its handshake runs."""
+        local, remote = _addr(request.get("local"), "local"), _addr(request.get("remote"), "remote")
+        wait = request.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise ConfigError('"wait" must be a number of seconds >= 0')
+        flow_state = getattr(self.engine, "flow_state", None)  # engines without handshakes decide at once
+
+        def decided(final: bool = False) -> dict | None:
+            state = flow_state(local, remote) if flow_state is not None else None
+            in_flight = state in HANDSHAKE_STATES
+            if in_flight and not final:
+                return None
+            sid = None if in_flight else self.engine.session_id(local, remote)
+            answer = {"ok": True, "sid": sid.hex() if sid else None, "state": state.value if state else None}
+            if in_flight:
+                answer["pending"] = True
+            return answer
+
+        first = decided()
+        if first is not None or wait == 0:
+            return first or decided(final=True)
+        deadline = time.monotonic() + min(float(wait), MAX_SID_WAIT)
+        return Deferred(poll=decided, expire=lambda: decided(final=True), deadline=deadline)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -186,10 +212,15 @@ class Daemon:
         next_stats = time.monotonic() + VERBOSE_STATS_EVERY
         last_counters: dict = {}
         while self.stop_reason is None:
-            for key, mask in selector.select(worker.timeout(LOOP_CAP)):
+            timeout = worker.timeout(LOOP_CAP)
+            parked = control.next_deadline()
+            if parked is not None:
+                timeout = max(0.0, min(timeout, parked - time.monotonic()))
+            for key, mask in selector.select(timeout):
                 key.data(mask)
             worker.tick()
             now = time.monotonic()
+            control.poll_parked(now)
             if now >= next_control_tick:
                 control.tick(now)
                 next_control_tick = now + CONTROL_TICK
