@@ -102,7 +102,9 @@ def udp_burst(net, count: int, port: int = 7100) -> list[int]:
     rx.settimeout(1.0)
     try:
         while True:
-            got.append(struct.unpack("!I", rx.recv(2048)[:4])[0])
+            data = rx.recv(2048)
+            if len(data) == 204:  # not a duplicated warm-up
+                got.append(struct.unpack("!I", data[:4])[0])
     except socket.timeout:
         pass
     return got
