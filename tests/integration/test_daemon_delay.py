@@ -24,7 +24,7 @@ FALLBACKS = ("MPTcpExtMPCapableFallbackACK", "MPTcpExtMPCapableFallbackSYNACK", 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from conftest import topology_path
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo
 
     topo, *_ = load_topo(topology_path("two_path.py"), "two_path,delay1='20ms',delay2='20ms'")
