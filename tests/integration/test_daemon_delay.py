@@ -43,11 +43,11 @@ def env(tmp_path_factory):
 
 
 def stats(net, host) -> dict:
-    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout)
+    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout)["stats"]
 
 
 def sessions(net, host) -> list[dict]:
-    return json.loads(net[host].run([PY, "-m", "mptcrypt", "sessions", "--json"]).stdout)
+    return json.loads(net[host].run([PY, "-m", "mptcrypt", "sessions", "--json"]).stdout)["sessions"]
 
 
 def transfer(net, port: int, nbytes: int) -> tuple[dict, dict]:
