@@ -29,6 +29,9 @@ ATTACKS = {
     "downgrade": "mptcrypt.attacks.downgrade",
     "passive": "mptcrypt.attacks.passive",
     "syn-desync": "mptcrypt.attacks.syn_desync",
+    "syn-replay": "mptcrypt.attacks.syn_replay",
+    "token-poison": "mptcrypt.attacks.token_poison",
+    "daemon-restart": "mptcrypt.attacks.daemon_restart",
 }
 
 

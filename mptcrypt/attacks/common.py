@@ -79,6 +79,7 @@ class Seg:
     mptcrypt: bool  # carries a kind-253 option with mptcrypt's ExID
     mac: bool  # its option area ends with mptcrypt's 12-byte MAC option
     ts: tuple[int, int] | None
+    packet: bytes = b""  # the IP packet as sniffed (for an attacker that runs an mptcrypt engine of its own)
 
     @property
     def end(self) -> int:
@@ -116,7 +117,7 @@ def parse_frame(frame: bytes, t: float | None = None) -> Seg | None:
     return Seg(
         time.time() if t is None else t, eth_src, eth_dst, socket.inet_ntoa(seg.src), socket.inet_ntoa(seg.dst),
         seg.sport, seg.dport, seg.seq, seg.ack, seg.flags & 0x3F, seg.window, opts, seg.payload(), seg.mptcp(),
-        mptcrypt, seg.has_mac(), ts,
+        mptcrypt, seg.has_mac(), ts, seg.packet,
     )
 
 

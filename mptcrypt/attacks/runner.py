@@ -200,6 +200,14 @@ class Daemons:
         self.procs.clear()
         self.policy = None
 
+    def restart(self, host: str) -> None:
+        """Stop `host`'s daemon (SIGTERM: a clean stop) and start a new one with the same policy."""
+        from mptcrypt.topo.daemons import spawn_in_netns, stop
+
+        stop(self.procs[host], remove_log=True)
+        self.procs[host] = spawn_in_netns(self.net[host].ns, "--policy", self.policy)
+        self.log(f"  {host} daemon restarted (policy {self.policy})")
+
     def alive(self) -> dict[str, bool]:
         return {h: p.poll() is None for h, p in self.procs.items()}
 
@@ -212,7 +220,11 @@ class Daemons:
         sock = self.net[host].socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(5)
-            sock.connect(CONTROL_SOCKET)
+            try:
+                sock.connect(CONTROL_SOCKET)
+            except (ConnectionRefusedError, FileNotFoundError):
+                return {}  # no daemon at this moment (a cell restarting it): nothing to report
+
             sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
             buf = b""
             while b"\n" not in buf:
@@ -264,6 +276,7 @@ class CellContext:
         self.extra: dict = {}
         self.cleanups: list[Callable[[], None]] = []
         self.procs: list[subprocess.Popen] = []
+        self.daemons: Daemons | None = None  # the cell's daemons (a module may restart one: daemon-restart)
 
 
 class Runner:
@@ -324,6 +337,7 @@ class Runner:
         started = time.monotonic()
         port = self._next_port()
         ctx = CellContext(self, net, target, variant, port)
+        ctx.daemons = daemons
         policy = None
         if target == "mptcrypt":
             policy = getattr(module, "policy", lambda v: "opportunistic")(variant)

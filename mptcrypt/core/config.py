@@ -55,6 +55,10 @@ class Config:
     closed_linger: float = 10.0  # keep keys this long after FIN/RST so late segments still verify
     key_lifetime: float = 600.0  # regenerate the ephemeral K_C / server key after this long
     resume: bool = True  # offer resumption (NEXTK1) to peers with a cached session
+    refuse_downgrade: bool = False  # refuse a plain answer from a peer we hold a session for (it spoke mptcrypt)
+    session_lifetime: float = 6 * 3600.0  # a cached session is not resumed after this long (forward secrecy)
+    rekey_bytes: int = 1 << 30  # each direction of a subflow moves to fresh keys after this many bytes...
+    rekey_interval: float = 3600.0  # ...or this many seconds
 
     def policy_for(self, peer_addr: str, port: int) -> Policy:
         for rule in self.rules:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from mptcrypt.constants import MAC_OPTION_LEN, TCP_MAX_OPTION_SPACE
 from mptcrypt.core import mptcp
 from mptcrypt.core.events import DROP, Result, Verdict
-from mptcrypt.core.session import Subflow, extend
+from mptcrypt.core.session import Subflow
 from mptcrypt.core.table import Table
+from mptcrypt.errors import DecodeError
 from mptcrypt.wire import rewrite
 from mptcrypt.wire.mptcp import Subtype
 from mptcrypt.wire.segment import Segment, parse_segment
@@ -19,12 +20,26 @@ from mptcrypt.wire.tcp import ACK, FIN, RST
 
 # signals Linux may put beside a data DSS; moved to a pure ACK of their own when the MAC does not fit
 SPLIT_SUBTYPES = (Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL)
+# signals that change a connection's paths or end it: acted on only from segments not older than the newest
+SIGNAL_SUBTYPES = (Subtype.ADD_ADDR, Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL, Subtype.MP_FASTCLOSE,
+                   Subtype.MP_TCPRST)
+
+
+def _extended(seg: Segment, seq_ref: int, ack_ref: int) -> tuple[int, int]:
+    """The segment's 64-bit extended seq and ack (0 without ACK): the numbers closest to the references whose low
+    32 bits are the segment's. DecodeError for a number before the connection's ISN (it would be negative)."""
+    ext_seq = seq_ref + ((seg.seq - seq_ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    ext_ack = ack_ref + ((seg.ack - ack_ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000 if seg.flags & ACK else 0
+    if ext_seq < 0 or ext_ack < 0:
+        raise DecodeError("sequence or acknowledgement number before the connection's ISN")
+    return ext_seq, ext_ack
 
 
 def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     flags = seg.flags
-    ext_seq = extend(seg.seq, sf.out_ref)
-    ext_ack = extend(seg.ack, sf.in_ref) if flags & ACK else 0
+    ext_seq, ext_ack = _extended(seg, sf.out_ref, sf.in_ref)
+    if sf.bytes_out >= sf.tx_rekey_bytes or now >= sf.tx_rekey_time:
+        _rekey(t, sf, now)
     packet = seg.packet
     out = sf.tx.seal(packet, seg.l4, ext_seq, ext_ack)
     if out is None:
@@ -47,31 +62,69 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     """The kernel packet, DROP on a MAC failure, None when the segment carries no MAC option (the caller decides:
     a duplicate INIT, or an injection)."""
     flags = seg.flags
-    ext_seq = extend(seg.seq, sf.in_ref)
-    ext_ack = extend(seg.ack, sf.out_ref) if flags & ACK else 0
+    ext_seq, ext_ack = _extended(seg, sf.in_ref, sf.out_ref)
     out = sf.rx.open(seg.packet, seg.l4, ext_seq, ext_ack)
     c = t.counters
     if out is None:
         if not seg.has_mac():
             return None
-        t.count_rare("mac_failures", "mac-failure", sf.key, f"{c['mac_failures'] + 1} so far; segment dropped")
-        return DROP
+        out = _open_other_generation(t, sf, seg, ext_seq, ext_ack)
+        if out is None:
+            t.count_rare("mac_failures", "mac-failure", sf.key, f"{c['mac_failures'] + 1} so far; segment dropped")
+            return DROP
     n = len(seg.packet) - seg.data_off
     end = ext_seq + n
-    if end > sf.in_ref:
+    if end < sf.in_ref or ext_ack < sf.in_ack_max:
+        # older than what this subflow already verified: a retransmission, reordering, or a replay. MPTCP
+        # signals on it are not acted on (issue 12 item 9: a verified pure ACK with MP_PRIO / REMOVE_ADDR /
+        # ADD_ADDR replayed later would verify again; timestamps, hence PAWS, are off on protected flows)
+        if _carries_signal(seg):
+            t.count_rare("stale_signals_dropped", "stale-signal", sf.key,
+                         "MPTCP signal on a segment older than the subflow's newest; dropped")
+            return DROP
+    else:
         sf.in_ref = end
+        sf.in_ack_max = ext_ack
     if not sf.confirmed:
         t.confirm(sf)
     if flags & (FIN | RST):
         t.note_close(sf, flags, False, now)
     conn = sf.conn
     if conn.mptcp and len(conn.keys) < 2 and not sf.join:
-        mptcp.learn_keys(t, conn, parse_segment(out), outbound=False)
+        mptcp.learn_keys(t, sf, parse_segment(out), outbound=False)
     sf.bytes_in += n
     sf.segments_in += 1
     c["segments_verified"] += 1
     c["bytes_decrypted"] += n
     return Result(Verdict.ACCEPT, out)
+
+
+def _rekey(t: Table, sf: Subflow, now: float) -> None:
+    """REKEY: our direction moves to the next key generation after `rekey_bytes` or `rekey_interval`."""
+    sf.rekey_tx()
+    sf.tx_rekey_bytes = sf.bytes_out + t.config.rekey_bytes
+    sf.tx_rekey_time = now + t.config.rekey_interval
+    t.counters["rekeys_sent"] += 1
+
+
+def _open_other_generation(t: Table, sf: Subflow, seg: Segment, ext_seq: int, ext_ack: int) -> bytes | None:
+    """A segment that does not verify under the current generation: the peer's first under its next one (then
+    we follow), or one still in flight under the previous one."""
+    out = sf.next_rx().open(seg.packet, seg.l4, ext_seq, ext_ack)
+    if out is not None:
+        sf.follow_rx()
+        t.counters["rekeys_followed"] += 1
+        return out
+    if sf.rx_prev is not None:
+        return sf.rx_prev.open(seg.packet, seg.l4, ext_seq, ext_ack)
+    return None
+
+
+def _carries_signal(seg: Segment) -> bool:
+    try:
+        return any(o.subtype in SIGNAL_SUBTYPES for o in seg.mptcp())
+    except DecodeError:
+        return False
 
 
 def _no_room(t: Table, sf: Subflow, seg: Segment, now: float, ext_seq: int, ext_ack: int) -> Result:
@@ -107,7 +160,7 @@ def release(t: Table, sf: Subflow) -> list[bytes]:
     for pkt in held:
         seg = parse_segment(pkt)
         if sf.mptcp and not sf.join:
-            mptcp.learn_keys(t, sf.conn, seg, outbound=True)
+            mptcp.learn_keys(t, sf, seg, outbound=True)
         res = protect(t, sf, seg, sf.last_seen)
         if res.packet is not None:
             out.append(res.packet)

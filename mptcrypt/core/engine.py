@@ -19,14 +19,17 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from mptcrypt.core import datapath, handshake, join, state
+from mptcrypt.core import datapath, handover, handshake, join, state
 from mptcrypt.core.config import Config
 from mptcrypt.core.events import ACCEPT, DROP, Event, Result
 from mptcrypt.core.session import fmt_addr
-from mptcrypt.core.state import State
+from mptcrypt.core.state import Ev, State, SynVerdict
+from mptcrypt.core.synopts import clean_syn
 from mptcrypt.core.table import SWEEP_INTERVAL, Table
 from mptcrypt.errors import ProtocolError
+from mptcrypt.wire import messages as m
 from mptcrypt.wire.mptcp import Has
+from mptcrypt.wire.rewrite import rst_to_local, rst_to_peer
 from mptcrypt.wire.segment import Segment, parse_segment
 from mptcrypt.wire.tcp import ACK, FIN, RST, SYN
 
@@ -35,9 +38,12 @@ _protect, _unprotect = datapath.protect, datapath.unprotect
 
 
 class Engine:
-    def __init__(self, config: Config | None = None, *, random=os.urandom):
+    def __init__(self, config: Config | None = None, *, random=os.urandom, socket_alive=None):
+        """`socket_alive(keys)`: the flow keys (local addr bytes, local port, remote addr bytes, remote port) whose
+        socket the local kernel still has; asked before an idle protected flow is reclaimed (the daemon answers
+        with sock_diag). None: idle flows are reclaimed on the idle timeout alone."""
         self.config = config or Config()
-        self._t = Table(self.config, random)
+        self._t = Table(self.config, random, socket_alive)
         self._flows = self._t.flows
         self.counters = self._t.counters
 
@@ -118,6 +124,30 @@ class Engine:
             return None
         return sf.conn.sid
 
+    def shutdown(self) -> list[bytes]:
+        """Packets to send before the daemon stops without a successor: each open protected connection is reset,
+        for the local kernel and (protected, so the peer daemon lets it through) for the peer. After the rules
+        are gone the kernels would otherwise continue it in clear (PROTOCOL.md invariant 6)."""
+        t = self._t
+        out = []
+        for sf in list(self._flows.values()):
+            if sf.tx is None or sf.closed_at is not None:
+                continue
+            seq, ack = sf.out_ref & 0xFFFFFFFF, sf.in_ref & 0xFFFFFFFF
+            out.append(rst_to_local(sf.key, ack, seq))
+            res = datapath.protect(t, sf, parse_segment(rst_to_peer(sf.key, seq, ack)), 0.0)
+            if res.packet is not None:
+                out.append(res.packet)
+        return out
+
+    def export_state(self) -> dict:
+        """The live sessions and flows for a successor daemon (graceful restart; core/handover.py). Secret."""
+        return handover.export_state(self._t)
+
+    def import_state(self, data: dict) -> int:
+        """Take over a predecessor's `export_state()`; returns the number of subflows taken over."""
+        return handover.import_state(self._t, data)
+
     # ------------------------------------------------------------------ dispatch
     def _protected(self, sf, seg: Segment, outbound: bool, now: float) -> Result:
         t = self._t
@@ -148,8 +178,20 @@ class Engine:
         if flags & SYN:
             if flags & ACK:
                 if sf is None:
-                    return ACCEPT
-                return handshake.send_syn_ack(t, sf, seg) if outbound else handshake.recv_syn_ack(t, sf, seg, now)
+                    return handshake.unknown_flow(t, key, seg, outbound)
+                if outbound:
+                    return handshake.send_syn_ack(t, sf, seg, now)
+                return handshake.recv_syn_ack(t, sf, seg, now)
+            if not outbound and sf is not None:
+                verdict = state.judge_inbound_syn(sf, seg.seq, _offer(seg))
+                if verdict is SynVerdict.DROP:
+                    t.counters["syn_on_live_flow_dropped"] += 1
+                    t.event("syn-on-live-flow", key, "SYN replayed or forged on a protected flow dropped")
+                    return DROP
+                if verdict is SynVerdict.RETRANSMISSION:
+                    state.advance(sf, _offer(seg))
+                    return clean_syn(t, seg, keep_sack=not sf.join)
+                sf = None  # a new connection: the phase replaces the old flow
             mpj = seg.mptcp_join()
             if mpj is not None and mpj.present & Has.TOKEN:
                 if outbound:
@@ -160,12 +202,7 @@ class Engine:
                 return handshake.send_syn(t, sf, key, seg, policy, now)
             return handshake.recv_syn(t, sf, key, seg, policy, now)
         if sf is None:
-            if not outbound and seg.has_mac():
-                # a protected segment of a flow we do not know (e.g. after a daemon restart): never hand the
-                # kernel ciphertext as if it were data
-                t.counters["unknown_flow_dropped"] += 1
-                return DROP
-            return ACCEPT
+            return handshake.unknown_flow(t, key, seg, outbound)
         sf.last_seen = now
         st = sf.state
         if st is State.PLAIN or st is State.CLOSED and sf.tx is None:
@@ -182,6 +219,16 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- module helpers
+
+def _offer(seg: Segment):
+    """What an inbound SYN's mptcrypt option announces, as the state machine's event (None: no offer)."""
+    msg = seg.mptcrypt()
+    if isinstance(msg, m.Hello):
+        return Ev.RECV_SYN_HELLO
+    if isinstance(msg, (m.NextK1Join, m.NextK1Resume)):
+        return Ev.RECV_SYN_NEXTK1
+    return None
+
 
 def _flow_key(local: tuple[str, int], remote: tuple[str, int]) -> tuple:
     return (ipaddress.ip_address(local[0]).packed, local[1], ipaddress.ip_address(remote[0]).packed, remote[1])

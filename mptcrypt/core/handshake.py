@@ -10,7 +10,7 @@ from mptcrypt.constants import NONCE_LEN, TCPOPT_TIMESTAMP, Msg, PubCipher, SymC
 from mptcrypt.core import datapath, join, mptcp, state
 from mptcrypt.core.config import Policy
 from mptcrypt.core.events import ACCEPT, DROP, Result, Verdict
-from mptcrypt.core.session import Connection, Session, Subflow
+from mptcrypt.core.session import Connection, Session, Subflow, fmt_addr
 from mptcrypt.core.state import Ev
 from mptcrypt.core.synopts import clean_syn, rewritten
 from mptcrypt.core.table import Table
@@ -21,7 +21,7 @@ from mptcrypt.wire import messages as m
 from mptcrypt.wire.mptcp import Subtype, mptcp_token
 from mptcrypt.wire.rewrite import daemon_segment, rst_to_local, rst_to_peer
 from mptcrypt.wire.segment import Segment
-from mptcrypt.wire.tcp import ACK, PSH, RST
+from mptcrypt.wire.tcp import ACK, FIN, PSH, RST, SYN
 
 
 # --- SYN ---------------------------------------------------------------------------------------------------
@@ -32,9 +32,9 @@ def send_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
     if sf is not None and sf.isn_local == seq and sf.state in state.SYN_SENT:
         return rewrite_syn(t, seg, sf)  # kernel SYN retransmission
     sf = t.new_flow(key, True, policy, now)
-    if sf is None:
-        return ACCEPT
-    if join.offer_resume(t, sf) is None:
+    if sf is None:  # table full: never a plain connection where protection is required
+        return DROP if policy is Policy.REQUIRED else ACCEPT
+    if join.offer_resume(t, sf, now) is None:
         state.advance(sf, Ev.SEND_SYN_HELLO)
     sf.isn_local = seq
     sf.out_ref = seq + 1
@@ -50,13 +50,8 @@ def rewrite_syn(t: Table, seg: Segment, sf: Subflow) -> Result:
 
 
 def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, now: float) -> Result:
+    """An inbound SYN of a new connection (the engine has judged it against an existing flow: state.py)."""
     seq = seg.seq
-    if sf is not None and sf.state in state.LIVE_STATES and sf.isn_remote != seq:
-        # A new SYN on the 4-tuple of a flow we protect (or are keying): no peer does that while the connection
-        # lives; an attacker does, to switch the subflow to plain text or desynchronise it. Never replace it.
-        t.counters["syn_on_live_flow_dropped"] += 1
-        t.event("syn-on-live-flow", key, "SYN with a new ISN on a protected flow dropped")
-        return DROP
     if policy is Policy.OFF:
         return ACCEPT
     msg = seg.mptcrypt()
@@ -71,11 +66,6 @@ def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
             sf.plain_reason = "peer without mptcrypt"
             t.counters["fallbacks_plain"] += 1
         return ACCEPT
-    if sf is not None and sf.isn_remote == seq and sf.state is not None:
-        ev = Ev.RECV_SYN_NEXTK1 if state.allowed(sf.state, Ev.RECV_SYN_NEXTK1) else Ev.RECV_SYN_HELLO
-        if state.allowed(sf.state, ev):
-            state.advance(sf, ev)  # SYN retransmission
-            return clean_syn(t, seg)
     sf = t.new_flow(key, False, policy, now)
     if sf is None:
         return ACCEPT if policy is not Policy.REQUIRED else DROP
@@ -83,15 +73,41 @@ def recv_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
     sf.in_ref = seq + 1
     sf.mptcp = bool(seg.mptcp())
     if isinstance(msg, m.NextK1Resume):
-        res = join.accept_resume(t, sf, key, seg, msg)
+        res = join.accept_resume(t, sf, key, seg, msg, now)
         if res is not None:
             return res
     state.advance(sf, Ev.RECV_SYN_HELLO)
     return clean_syn(t, seg)
 
 
+# --- segments of flows the table does not know -------------------------------------------------------------
+def unknown_flow(t: Table, key, seg: Segment, outbound: bool) -> Result:
+    """A segment (not a SYN) of a flow the table does not know: a connection older than the daemon, one the table
+    forgot, or a forged one. Under `required`, or when the 4-tuple was protected (a tombstone) or the segment
+    carries a MAC, it is dropped and the local kernel's connection reset: never continued in clear, never handed
+    ciphertext as if it were data (PROTOCOL.md invariant 6)."""
+    la, lp, ra, rp = key
+    peer = fmt_addr(ra)
+    cfg = t.config
+    if key in t.tombstones:
+        why = "a protected flow the table forgot"
+    elif not outbound and seg.has_mac():
+        why = "a protected segment of a flow we do not know (e.g. after a daemon restart)"
+    elif Policy.REQUIRED in (cfg.policy_for(peer, rp), cfg.policy_for(peer, lp)):
+        why = "an unknown flow on a port where protection is required"
+    else:
+        return ACCEPT
+    t.count_rare("unknown_flow_dropped", "unknown-flow", key, why + "; dropped, local connection reset")
+    if seg.flags & RST:
+        return DROP
+    end = seg.seq + seg.payload_len + bool(seg.flags & FIN) + bool(seg.flags & SYN)
+    # the local kernel takes a RST whose seq is its rcv_nxt: the ack it sends, or the seq it receives
+    rst = rst_to_local(key, seg.ack, end) if outbound else rst_to_local(key, seg.seq, seg.ack)
+    return Result(Verdict.DROP, inject=[rst])
+
+
 # --- SYN-ACK -----------------------------------------------------------------------------------------------
-def send_syn_ack(t: Table, sf: Subflow, seg: Segment) -> Result:
+def send_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     if sf.state is state.State.PLAIN or sf.initiator:
         return ACCEPT
     sf.isn_local = seg.seq
@@ -105,7 +121,7 @@ def send_syn_ack(t: Table, sf: Subflow, seg: Segment) -> Result:
         mptcp.remember_syn_key(sf, seg, local=True)
         return rewritten(t, seg, add=m.PkConf(tuple(t.pub_list)).encode())
     if ev is Ev.SEND_SYNACK_NEXTK2:
-        return join.send_nextk2(t, sf, seg)
+        return join.send_nextk2(t, sf, seg, now)
     return ACCEPT
 
 
@@ -124,7 +140,7 @@ def recv_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     sf.in_ref = seq + 1
     msg = seg.mptcrypt()
     if isinstance(msg, m.NextK2) and state.allowed(st, Ev.RECV_SYNACK_NEXTK2):
-        return join.recv_nextk2(t, sf, seg, msg)
+        return join.recv_nextk2(t, sf, seg, msg, now)
     if sf.join:
         t.counters["unauthenticated_dropped"] += 1
         return DROP  # a join answer must prove ss[i]
@@ -149,10 +165,20 @@ def recv_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
 
 
 def plain_or_refuse(t: Table, sf: Subflow, seg: Segment, why: str) -> Result:
-    if sf.policy is Policy.REQUIRED:
+    # A plain answer from a peer we hold a session for (it spoke mptcrypt before, and we may have offered
+    # NEXTK1): a peer that lost its daemon, or an attacker stripping options (issue 12 item 10). Said loudly;
+    # refused with `refuse_downgrade`.
+    downgrade = sf.resumed or sf.key[2] in t.peer_cache
+    if downgrade:
+        why = f"downgrade: {why} although we hold a session for this peer"
+        t.counters["downgrades_detected"] += 1
+        t.event("downgrade", sf.key, why)
+    if sf.policy is Policy.REQUIRED or downgrade and t.config.refuse_downgrade:
         state.advance(sf, Ev.REFUSE)
         t.counters["refused_policy"] += 1
-        t.event("refused", sf.key, why + "; policy is required")
+        t.event("refused", sf.key, why + ("; policy is required" if sf.policy is Policy.REQUIRED
+                                          else "; refuse_downgrade is set"))
+        sf.plain_reason = why
         # our kernel gets the SYN-ACK turned into a RST (connection refused), the peer a RST too
         return Result(Verdict.ACCEPT, rst_to_local(sf.key, seg.seq + 1, seg.ack),
                       inject=[rst_to_peer(sf.key, seq=seg.ack, with_ack=False)])
@@ -172,6 +198,8 @@ def recv_before_keys(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
         sf.plain_reason = "refused by the peer (RST)"
         return ACCEPT  # "connection refused" for the application: an on-path attacker could drop the SYN anyway
     marker = seg.marker()
+    if marker is not None and not init_in_sequence(t, sf, seg):
+        return DROP
     if marker == Msg.INIT1 and state.allowed(sf.state, Ev.RECV_INIT1):
         return recv_init1(t, sf, seg, now)
     if marker == Msg.INIT2 and state.allowed(sf.state, Ev.RECV_INIT2):
@@ -183,12 +211,24 @@ def recv_before_keys(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
 def recv_unauthenticated(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     """An inbound segment without a MAC on a protected flow: a duplicate INIT, or an injection."""
     marker = seg.marker()
+    if marker is not None and not init_in_sequence(t, sf, seg):
+        return DROP
     if marker == Msg.INIT1 and not sf.initiator:
         return recv_init1(t, sf, seg, now)
     if marker == Msg.INIT2 and sf.initiator:
         return DROP  # duplicate INIT2: our keys are already in place
     t.counters["unauthenticated_dropped"] += 1
     return DROP
+
+
+def init_in_sequence(t: Table, sf: Subflow, seg: Segment) -> bool:
+    """An INIT segment sits right after both SYNs (its seq is the sender's ISN + 1, its ack ours + 1): a blind
+    attacker who knows only the 4-tuple cannot inject one to kill or hijack the handshake (issue 12 item 7)."""
+    if sf.isn_remote is not None and sf.isn_local is not None and seg.flags & ACK \
+            and seg.seq == (sf.isn_remote + 1) & 0xFFFFFFFF and seg.ack == (sf.isn_local + 1) & 0xFFFFFFFF:
+        return True
+    t.count_rare("init_out_of_sequence", "bad-init", sf.key, "INIT segment whose seq/ack do not follow the SYNs")
+    return False
 
 
 def _init_segment(sf: Subflow, marker: int, msg: bytes) -> bytes:
@@ -240,7 +280,7 @@ def recv_init1(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     hs.init_segment = _init_segment(sf, Msg.INIT2, hs.init_msg)
     sf.confirmed = False
     t.arm(sf, now)
-    t.keyed(sf, resumed=False)
+    t.keyed(sf, False, now)
     return Result(Verdict.DROP, inject=[hs.init_segment] + datapath.release(t, sf))
 
 
@@ -266,7 +306,7 @@ def recv_init2(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     hs.timer = None
     hs.client_key = None
     t.timed.discard(sf)
-    t.keyed(sf, resumed=False)
+    t.keyed(sf, False, now)
     return Result(Verdict.DROP, inject=datapath.release(t, sf) + join.release_joins(t, sf, now))
 
 

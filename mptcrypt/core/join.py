@@ -8,7 +8,6 @@ returns a Result; nothing here calls back into the engine (held join SYNs are re
 from __future__ import annotations
 
 import hmac
-import struct
 
 from mptcrypt.constants import TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP
 from mptcrypt.core import mptcp, state
@@ -20,34 +19,14 @@ from mptcrypt.core.synopts import clean_syn, rewritten
 from mptcrypt.core.table import Table
 from mptcrypt.crypto import keyschedule as ks
 from mptcrypt.wire import messages as m
-from mptcrypt.wire.mptcp import MptcpOption
+from mptcrypt.wire.mptcp import MptcpOption, encode_mptcp
 from mptcrypt.wire.segment import Segment, parse_segment
 
-_U32 = struct.Struct("!I")
-_TOKEN_NONCE = struct.Struct("!II")
 
-
-# --- what a proof binds (docs/protocol.md §6) -------------------------------------------------------------
-def peer_view(key):
-    """The flow key as the peer sees it (its local side first): proofs are computed in initiator order."""
-    la, lp, ra, rp = key
-    return (ra, rp, la, lp)
-
-
-def context(key, isn: int) -> bytes:
-    """Initiator address and port, responder address and port, initiator ISN: what a NEXTK proof binds."""
-    la, lp, ra, rp = key
-    return la + struct.pack("!H", lp) + ra + struct.pack("!HI", rp, isn)
-
-
-def syn_binding(mpj: MptcpOption) -> bytes:
-    """The MP_JOIN SYN fields a NEXTK1 proof binds: receiver's token and sender's nonce."""
-    return _TOKEN_NONCE.pack(mpj.token, mpj.nonce)
-
-
-def synack_binding(mpj: MptcpOption | None) -> bytes:
-    """The MP_JOIN SYN-ACK fields a join's NEXTK2 proof binds: truncated HMAC and nonce."""
-    return mpj.thmac + _U32.pack(mpj.nonce) if mpj is not None else b""
+# --- what the proofs bind (docs/protocol.md §6, §7; crypto/keyschedule.nextk*_context) ---------------------------
+def mp_join_bytes(mpj: MptcpOption | None) -> bytes:
+    """The whole MP_JOIN option as on the wire (what the proofs bind; b"" when the segment has none)."""
+    return encode_mptcp(mpj) if mpj is not None else b""
 
 
 # --- joins -------------------------------------------------------------------------------------------------
@@ -80,8 +59,9 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
         sf.index = index
         conn.session.claim(index, key)
         sf.conn = conn
+    sf.hs.join_syn = mp_join_bytes(mpj)
     ss = conn.session.chain.ss(sf.index)
-    proof = ks.join_proof(ss, False, context(key, seq) + syn_binding(mpj))
+    proof = ks.join_proof(ss, False, ks.nextk1_join_context(seq, sf.index, sf.hs.join_syn))
     return rewritten(t, seg, add=m.NextK1Join(sf.index, proof).encode(), strip=(TCPOPT_TIMESTAMP, TCPOPT_SACK_PERM))
 
 
@@ -91,14 +71,14 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
         return ACCEPT  # a join of a connection we do not protect
     seq = seg.seq
     # RFC 8684 §3.2 lets anyone who read the keys compute MPTCP's join HMAC; NEXTK1 is what they cannot forge
-    if sf is not None and sf.isn_remote == seq and state.allowed(sf.state, Ev.RECV_SYN_NEXTK1):
-        state.advance(sf, Ev.RECV_SYN_NEXTK1)  # SYN retransmission
-        return clean_syn(t, seg, keep_sack=False)
     msg = seg.mptcrypt()
-    if not isinstance(msg, m.NextK1Join) or msg.index == 0 or conn.session.own_parity(msg.index):
+    if not isinstance(msg, m.NextK1Join):
         return refuse_join(t, key, "join SYN without a valid NEXTK1")
+    if not conn.session.in_join_window(msg.index):  # before any key work
+        return refuse_join(t, key, f"join SYN with key index {msg.index} outside the window")
     ss = conn.session.chain.ss(msg.index)
-    expect = ks.join_proof(ss, False, context(peer_view(key), seq) + syn_binding(mpj))
+    join_syn = mp_join_bytes(mpj)
+    expect = ks.join_proof(ss, False, ks.nextk1_join_context(seq, msg.index, join_syn))
     if not hmac.compare_digest(msg.proof, expect):
         return refuse_join(t, key, "join SYN whose NEXTK1 proof does not verify")
     if not conn.session.claim(msg.index, key):
@@ -114,6 +94,7 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     sf.backup = mpj.backup
     sf.index = msg.index
     sf.conn = conn
+    sf.hs.join_syn = join_syn
     t.register_resume(conn.session)
     return clean_syn(t, seg, keep_sack=False)
 
@@ -139,10 +120,10 @@ def release_joins(t: Table, first: Subflow, now: float) -> list[bytes]:
 
 
 # --- resumption --------------------------------------------------------------------------------------------
-def offer_resume(t: Table, sf: Subflow) -> Session | None:
+def offer_resume(t: Table, sf: Subflow, now: float) -> Session | None:
     """Client SYN: the cached session for the peer with a fresh index allocated, or None (full handshake)."""
     session = t.peer_cache.get(sf.key[2]) if t.config.resume else None
-    if session is None:
+    if session is None or t.session_expired(session, now):
         return None
     try:
         index = session.allocate()
@@ -158,19 +139,22 @@ def offer_resume(t: Table, sf: Subflow) -> Session | None:
 def resume_option(sf: Subflow) -> bytes:
     """NEXTK1 of a resumed connection's SYN: which session (resume id of ss[i]) and a proof of ss[i]."""
     ss = sf.conn.session.chain.ss(sf.index)
-    proof = ks.join_proof(ss, False, context(sf.key, sf.isn_local))
-    return m.NextK1Resume(ks.resume_id(ss), proof).encode()
+    rid = ks.resume_id(ss)
+    sf.hs.resume_id = rid
+    return m.NextK1Resume(rid, ks.join_proof(ss, False, ks.nextk1_resume_context(sf.isn_local, rid))).encode()
 
 
-def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume) -> Result | None:
-    """Server: a SYN resuming a cached session. None when the id is unknown or the proof fails (full handshake)."""
+def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume, now: float) -> Result | None:
+    """Server: a SYN resuming a cached session. None when the id is unknown, the session expired or the proof
+    fails (full handshake)."""
     found = t.resume.get(msg.resume_id)
-    if found is not None:
+    if found is not None and not t.session_expired(found[0], now):
         session, index = found
         ss = session.chain.ss(index)
-        if hmac.compare_digest(msg.proof, ks.join_proof(ss, False, context(peer_view(key), seg.seq))) \
-                and session.claim(index, key):
+        expect = ks.join_proof(ss, False, ks.nextk1_resume_context(seg.seq, msg.resume_id))
+        if hmac.compare_digest(msg.proof, expect) and session.claim(index, key):
             state.advance(sf, Ev.RECV_SYN_NEXTK1)
+            sf.hs.resume_id = msg.resume_id
             sf.conn = Connection(session, index, resumed=True)
             sf.index, sf.resumed = index, True
             t.register_resume(session)
@@ -180,26 +164,30 @@ def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume)
 
 
 # --- NEXTK2 (SYN-ACK), both kinds ----------------------------------------------------------------------------
-def send_nextk2(t: Table, sf: Subflow, seg: Segment) -> Result:
+def nextk2_context(sf: Subflow, isn_i: int, isn_r: int, seg: Segment) -> bytes:
+    if sf.join:
+        return ks.nextk2_join_context(isn_i, isn_r, sf.index, sf.hs.join_syn, mp_join_bytes(seg.mptcp_join()))
+    return ks.nextk2_resume_context(isn_i, isn_r, sf.hs.resume_id)
+
+
+def send_nextk2(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     """Server SYN-ACK of a join or resumption: NEXTK2 proves ss[i]; the subflow is keyed from here on."""
     ss = sf.conn.session.chain.ss(sf.index)
-    extra = synack_binding(seg.mptcp_join()) if sf.join else b""
-    proof = ks.join_proof(ss, True, context(peer_view(sf.key), sf.isn_remote) + _U32.pack(seg.seq) + extra)
+    proof = ks.join_proof(ss, True, nextk2_context(sf, sf.isn_remote, seg.seq, seg))
     first_time = sf.tx is None  # else a SYN-ACK retransmission
     state.advance(sf, Ev.SEND_SYNACK_NEXTK2)
     if not sf.join:
         mptcp.remember_syn_key(sf, seg, local=True)
     if first_time:
         sf.set_keys(sf.conn, sf.index, sf.conn.session.sym_cipher)
-        t.keyed(sf, resumed=not sf.join)
+        t.keyed(sf, not sf.join, now)
     return rewritten(t, seg, add=m.NextK2(proof).encode())
 
 
-def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2) -> Result:
+def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2, now: float) -> Result:
     index = sf.index
     ss = sf.conn.session.chain.ss(index)
-    extra = synack_binding(seg.mptcp_join()) if sf.join else b""
-    expect = ks.join_proof(ss, True, context(sf.key, sf.isn_local) + _U32.pack(seg.seq) + extra)
+    expect = ks.join_proof(ss, True, nextk2_context(sf, sf.isn_local, seg.seq, seg))
     if not hmac.compare_digest(msg.proof, expect):
         t.counters["unauthenticated_dropped"] += 1
         t.event("bad-nextk2", sf.key, "SYN-ACK with a NEXTK2 that does not verify")
@@ -209,5 +197,5 @@ def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2) -> Result:
     if not sf.join:
         sf.conn.session.claim(index, sf.key)
         mptcp.remember_syn_key(sf, seg, local=False)
-    t.keyed(sf, resumed=not sf.join)
+    t.keyed(sf, not sf.join, now)
     return clean_syn(t, seg)

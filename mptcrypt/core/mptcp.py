@@ -6,7 +6,7 @@ are `wire/mptcp.mptcp_token` ints, the same as MP_JOIN carries them.
 
 from __future__ import annotations
 
-from mptcrypt.core.session import Connection, Subflow
+from mptcrypt.core.session import Subflow
 from mptcrypt.core.table import Table
 from mptcrypt.errors import DecodeError
 from mptcrypt.wire.mptcp import Has, Subtype, mptcp_token
@@ -26,16 +26,26 @@ def remember_syn_key(sf: Subflow, seg: Segment, local: bool) -> None:
     sf.hs.mptcp_keys["local" if local else "remote"] = mp.sndr_key
 
 
-def learn_keys(t: Table, conn: Connection, seg: Segment, outbound: bool) -> None:
-    """The third ACK (and first data) carries both MP_CAPABLE keys: sender's then receiver's."""
+def learn_keys(t: Table, sf: Subflow, seg: Segment, outbound: bool) -> None:
+    """The third ACK (and first data) carries both MP_CAPABLE keys: sender's then receiver's.
+
+    A token maps only to the connection whose keys our own kernel sent or received on this subflow (issue 12
+    item 2): inbound, the receiver's key must be the one our kernel put in its SYN-ACK, and a token already
+    mapped to another connection is never re-pointed. Otherwise an attacker's own (verified) third ACK naming a
+    victim's key would lead the victim's joins to the attacker's session."""
     try:
         mp = capable(seg)
     except DecodeError:  # an option area that does not parse carries no keys
         return
     if mp is None or not mp.present & Has.RCVR_KEY:
         return
-    conn.keys["local" if outbound else "remote"] = mp.sndr_key
-    conn.keys["remote" if outbound else "local"] = mp.rcvr_key
+    conn = sf.conn
+    ours, theirs = (mp.sndr_key, mp.rcvr_key) if outbound else (mp.rcvr_key, mp.sndr_key)
+    conn.keys["local"], conn.keys["remote"] = ours, theirs  # (learned once, registered or not)
     conn.mptcp = True
-    for k in (mp.sndr_key, mp.rcvr_key):
-        t.add_token(conn, mptcp_token(k))
+    if not outbound and sf.hs.mptcp_keys.get("local") != ours:
+        t.count_rare("token_collisions_refused", "token-refused", sf.key,
+                     "third ACK names a receiver key our kernel did not send; no token registered")
+        return
+    for k in (ours, theirs):
+        t.add_token(conn, mptcp_token(k), sf.key)

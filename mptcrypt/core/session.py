@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from mptcrypt.crypto.keyschedule import KeyChain, direction_secrets
+from mptcrypt.crypto.keyschedule import KeyChain, direction_secrets, rekey_secret
 from mptcrypt.crypto.segment import SegmentCipher
 from mptcrypt.core.state import State
 
 FlowKey = tuple  # (local addr bytes, local port, remote addr bytes, remote port)
-
-
-def extend(seq32: int, ref: int) -> int:
-    """The 64-bit extended sequence number closest to `ref` whose low 32 bits are `seq32`."""
-    delta = (seq32 - ref) & 0xFFFFFFFF
-    if delta >= 0x80000000:
-        delta -= 0x100000000
-    return ref + delta
+JOIN_WINDOW = 32  # join indices of the peer accepted past the highest it used
 
 
 def fmt_addr(addr: bytes) -> str:
@@ -37,7 +30,7 @@ class Session:
     at the same time without colliding. Each index keys exactly one subflow (checked by `claim`)."""
 
     __slots__ = ("chain", "initiator", "pub_cipher", "sym_cipher", "_next_own", "_peer_top", "used", "peer_addr",
-                 "resume_ids")
+                 "resume_ids", "created")
 
     def __init__(self, ss0: bytes, initiator: bool, pub_cipher, sym_cipher, peer_addr: bytes):
         self.chain = KeyChain(ss0)
@@ -49,6 +42,7 @@ class Session:
         self.used: dict[int, FlowKey] = {0: None}
         self.peer_addr = peer_addr
         self.resume_ids: dict[int, bytes] = {}  # index -> resumption id registered for it
+        self.created: float | None = None  # when the public-key handshake made it (set when first cached)
 
     def own_parity(self, index: int) -> bool:
         return index % 2 == (1 if self.initiator else 0)
@@ -74,6 +68,13 @@ class Session:
         if not self.own_parity(index) and index > self._peer_top:
             self._peer_top = index
         return True
+
+    def in_join_window(self, index: int) -> bool:
+        """A peer's join index we are willing to compute keys for: of its parity, unused, at most JOIN_WINDOW of
+        its indices past the highest it used (each index costs one HMAC forward from the last; an index of 0xFFFF
+        would cost 65,535 and megabytes before the proof is even checked: issue 12 item 6)."""
+        return 0 < index <= KeyChain.MAX_INDEX and not self.own_parity(index) and index not in self.used \
+            and index <= self._peer_top + 2 * JOIN_WINDOW
 
     def peer_next_indices(self, count: int) -> list[int]:
         """The next `count` unused indices of the peer's parity (candidates for a resumption by the peer)."""
@@ -102,7 +103,7 @@ class Handshake:
     Nothing on the hot path reads it."""
 
     __slots__ = ("held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "client_key", "n_c",
-                 "pub_list", "pub_cipher", "mptcp_keys")
+                 "pub_list", "pub_cipher", "mptcp_keys", "join_syn", "resume_id")
 
     def __init__(self):
         self.held: list[bytes] = []
@@ -117,6 +118,8 @@ class Handshake:
         self.pub_list = b""
         self.pub_cipher = None
         self.mptcp_keys: dict[str, bytes] = {}  # MP_CAPABLE keys seen in the SYN/SYN-ACK, before the session exists
+        self.join_syn = b""  # the join SYN's whole MP_JOIN option, bound by NEXTK1 and NEXTK2
+        self.resume_id = b""  # a resumed connection's resume id, bound by NEXTK1 and NEXTK2
 
 
 class Subflow:
@@ -125,9 +128,10 @@ class Subflow:
 
     __slots__ = (
         "key", "state", "initiator", "policy", "conn", "index", "tx", "rx",
-        "isn_local", "isn_remote", "out_ref", "in_ref", "confirmed", "hs",
+        "isn_local", "isn_remote", "out_ref", "in_ref", "in_ack_max", "confirmed", "hs",
         "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
-        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops",
+        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops", "created",
+        "sym_cipher", "tx_secret", "rx_secret", "rx_next", "rx_prev", "tx_rekey_bytes", "tx_rekey_time",
     )
 
     def __init__(self, key: FlowKey, initiator: bool, policy, now: float):
@@ -141,6 +145,7 @@ class Subflow:
         self.rx: SegmentCipher | None = None
         self.isn_local = self.isn_remote = None
         self.out_ref = self.in_ref = 0
+        self.in_ack_max = 0  # highest extended ack verified on this subflow
         self.confirmed = True  # server: False until a MAC'd segment proves the client has the keys
         self.hs = Handshake()
         self.mptcp = False
@@ -150,19 +155,48 @@ class Subflow:
         self.fin_out = self.fin_in = False
         self.closed_at: float | None = None
         self.last_seen = now
+        self.created = now
         self.bytes_out = self.bytes_in = self.segments_out = self.segments_in = 0
         self.resumed = False  # keyed by NEXTK1/NEXTK2 on a new connection (index = the resumed ss[i])
         self.plain_reason = ""
         self.pk_ops = 0  # public-key operations done while handling this subflow's segments
+        # REKEY (docs/protocol.md §4): each direction's current generation secret, the receiver's next and
+        # previous generation ciphers, and when the sender moves on
+        self.sym_cipher = None
+        self.tx_secret = self.rx_secret = b""
+        self.rx_next: SegmentCipher | None = None
+        self.rx_prev: SegmentCipher | None = None
+        self.tx_rekey_bytes = 1 << 62
+        self.tx_rekey_time = float("inf")
 
     def set_keys(self, conn: Connection, index: int, sym_cipher) -> None:
         self.conn = conn
         self.index = index
         ss = conn.session.chain.ss(index)
+        self.sym_cipher = sym_cipher
+        self.tx_secret = self.rx_secret = ss
         self.tx = SegmentCipher(sym_cipher, direction_secrets(ss, self.initiator))
         self.rx = SegmentCipher(sym_cipher, direction_secrets(ss, not self.initiator))
         if self not in conn.subflows:
             conn.subflows.append(self)
+
+    def rekey_tx(self) -> None:
+        """Move our direction to the next key generation; the old secret is forgotten."""
+        self.tx_secret = rekey_secret(self.tx_secret, self.initiator)
+        self.tx = SegmentCipher(self.sym_cipher, direction_secrets(self.tx_secret, self.initiator))
+
+    def next_rx(self) -> SegmentCipher:
+        """The peer's next generation (made on the first segment that does not verify under the current one)."""
+        if self.rx_next is None:
+            self.rx_next = SegmentCipher(self.sym_cipher, direction_secrets(
+                rekey_secret(self.rx_secret, not self.initiator), not self.initiator))
+        return self.rx_next
+
+    def follow_rx(self) -> None:
+        """The peer moved to the next generation: it becomes current, the current one is kept for segments
+        still in flight, the one before is forgotten."""
+        self.rx_prev, self.rx, self.rx_next = self.rx, self.next_rx(), None
+        self.rx_secret = rekey_secret(self.rx_secret, not self.initiator)
 
     def row(self) -> dict:
         la, lp, ra, rp = self.key

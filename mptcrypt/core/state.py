@@ -113,6 +113,35 @@ AWAITING_SYNACK = frozenset((S.ENCRYPTING, S.INIT1_SENT))  # a second SYN-ACK is
 CLOSABLE = frozenset((S.ENCRYPTING, S.PLAIN))  # FIN both ways / RST moves these to CLOSED
 
 
+class SynVerdict(Enum):
+    NEW = "a new connection on this 4-tuple"
+    RETRANSMISSION = "the peer kernel's SYN again"
+    DROP = "a replayed or forged SYN on a live or keyed flow"
+
+
+# a responder state, and the offer its SYN carried: only that offer with that ISN is a retransmission
+_SYN_RETRANSMIT = {S.HELLO_RCVD: E.RECV_SYN_HELLO, S.PKCONF_SENT: E.RECV_SYN_HELLO, S.NEXTK1_RCVD: E.RECV_SYN_NEXTK1}
+
+
+def judge_inbound_syn(sf, seq: int, offer: Ev | None) -> SynVerdict:
+    """A SYN arrives for the 4-tuple of an existing flow. `offer` is what its mptcrypt option announces
+    (RECV_SYN_HELLO, RECV_SYN_NEXTK1, or None without one).
+
+    Once protected, protected or dead (PROTOCOL.md invariant 6): a flow that is keying or keyed is never replaced.
+    A new ISN on it is an attacker's (no peer opens a second connection on a live 4-tuple); the same ISN is a
+    replay (issue 12 item 1: the original SYN with HELLO removed used to replace the keyed flow with a plain one)
+    unless the flow is a responder still before keys and the SYN makes the same offer. A keyed flow that closed
+    may be replaced by a new ISN (port reuse), never by its own SYN again."""
+    keyed = sf.tx is not None
+    if sf.state not in LIVE_STATES and not keyed:
+        return SynVerdict.NEW  # plain, refused, failed, or closed without keys
+    if seq != sf.isn_remote:
+        return SynVerdict.NEW if sf.state is S.CLOSED else SynVerdict.DROP
+    if not sf.initiator and offer is not None and _SYN_RETRANSMIT.get(sf.state) is offer:
+        return SynVerdict.RETRANSMISSION
+    return SynVerdict.DROP
+
+
 def allowed(state: State | None, event: Ev) -> bool:
     return (state, event) in TRANSITIONS
 
@@ -121,6 +150,11 @@ def advance(sf, event: Ev) -> State:
     """Validate `event` in `sf`'s state and enter the next state (IllegalTransition otherwise)."""
     sf.state = transition(sf.state, event)
     return sf.state
+
+
+def restore(sf, st: State) -> None:
+    """A subflow handed over by a predecessor daemon (core/handover.py) resumes in the state it had there."""
+    sf.state = st
 
 
 def synack_event(sf) -> Ev | None:

@@ -10,8 +10,16 @@ from mptcrypt.wire.segment import Segment
 
 
 def rewritten(t: Table, seg: Segment, add: bytes = b"", strip=(), clamp: bool = False) -> Result:
-    """ACCEPT with `seg`'s options rewritten (`wire.rewrite.with_options`); an option that did not fit is counted."""
-    packet, overflow = rewrite.with_options(seg, add=add, strip=strip, clamp=clamp)
+    """ACCEPT with the options of `seg`, a SYN or SYN-ACK of a connection we protect, rewritten
+    (`wire.rewrite.with_options`); an option that did not fit is counted.
+
+    SYN data (TCP Fast Open, RFC 7413) is removed: before keys exist it could only travel in clear, even under
+    `required` (issue 12 item 8). The sender's kernel sees its data unacknowledged by the SYN-ACK and sends it
+    again after the handshake, protected (RFC 7413 §4.2)."""
+    keep = seg.payload_len == 0
+    if not keep:
+        t.counters["syn_data_removed"] += 1
+    packet, overflow = rewrite.with_options(seg, add=add, strip=strip, clamp=clamp, keep_payload=keep)
     if overflow:
         t.counters["option_overflow"] += 1
     return Result(Verdict.ACCEPT, packet)

@@ -22,6 +22,8 @@ from mptcrypt.wire.mptcp import mptcp_token
 from mptcrypt.wire.tcp import RST
 
 RESUME_WINDOW = 4  # resumption ids registered ahead per cached session
+MAX_TOMBSTONES = 65536  # 4-tuples of protected flows the table forgot (each ~100 bytes)
+HALF_OPEN_TIMEOUT = 75.0  # a flow still before keys is reclaimed after this long (Linux SYN-RECV: ~63 s)
 SWEEP_INTERVAL = 1.0
 MAX_EVENTS = 1024
 
@@ -32,13 +34,22 @@ COUNTERS = (
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
     "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
+    "token_collisions_refused", "idle_kept_alive", "init_out_of_sequence", "half_open_evicted",
+    "syn_data_removed", "stale_signals_dropped", "downgrades_detected", "sessions_expired",
+    "rekeys_sent", "rekeys_followed",
 )
 
 
 class Table:
-    def __init__(self, config: Config, random):
+    def __init__(self, config: Config, random, socket_alive=None):
         self.config = config
         self.random = random
+        # socket_alive(keys) -> the subset of flow keys whose socket the local kernel still has (the daemon asks
+        # sock_diag); None: no kernel to ask (tests), idle flows are reclaimed on the idle timeout alone
+        self.socket_alive = socket_alive
+        # protected flows the table forgot while they were open: their 4-tuples never continue in clear
+        self.tombstones: OrderedDict[tuple, None] = OrderedDict()
+        self.half_open: OrderedDict[tuple, Subflow] = OrderedDict()  # creation order, pruned lazily
         self.flows: dict[tuple, Subflow] = {}
         self.tokens: dict[int, Connection] = {}  # MPTCP token (RFC 8684 §3.2, 32-bit int) -> connection
         self.pending_joins: dict[int, Subflow] = {}  # token -> first subflow still waiting for INIT2
@@ -49,6 +60,7 @@ class Table:
         self.events: list[Event] = []
         self.keyed_now: list[Subflow] = []  # subflows keyed while handling the current packet
         self.next_sweep = 0.0
+        self.full_sweep_at = 0.0
         self.pub_list = bytes(config.pub_ciphers)
         self.sym_list = bytes(config.sym_ciphers)
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -70,19 +82,28 @@ class Table:
         old = self.flows.get(key)
         if old is not None:
             self.drop_flow(old)
-        if len(self.flows) >= self.config.max_connections:
+        if len(self.flows) >= self.config.max_connections and now >= self.full_sweep_at:
+            # at most once a second: under a SYN flood the table stays full, and a sweep walks all of it
+            self.full_sweep_at = now + SWEEP_INTERVAL
             self.sweep(now)
-            if len(self.flows) >= self.config.max_connections:
-                self.event("table-full", key, "flow table full; connection left untouched")
-                return None
+        if len(self.flows) >= self.config.max_connections and not self.evict_half_open():
+            self.event("table-full", key, "flow table full; connection left untouched")
+            return None
         sf = Subflow(key, initiator, policy, now)
         self.flows[key] = sf
+        self.half_open[key] = sf
+        self.tombstones.pop(key, None)  # a new connection (SYN) on the 4-tuple
         if len(self.flows) > self.counters["flows_tracked_max"]:
             self.counters["flows_tracked_max"] = len(self.flows)
         return sf
 
     def drop_flow(self, sf: Subflow) -> None:
         self.flows.pop(sf.key, None)
+        if sf.tx is not None and sf.closed_at is None:  # forgotten while protected and open
+            self.tombstones[sf.key] = None
+            self.tombstones.move_to_end(sf.key)
+            while len(self.tombstones) > MAX_TOMBSTONES:
+                self.tombstones.popitem(last=False)
         for token in [t for t, first in self.pending_joins.items() if first is sf]:
             del self.pending_joins[token]
         self.timed.discard(sf)
@@ -96,12 +117,44 @@ class Table:
 
     def sweep(self, now: float) -> None:
         cfg = self.config
+        self.expire_sessions(now)
+        idle = []
         for sf in list(self.flows.values()):
             if (sf.closed_at is not None and now - sf.closed_at > cfg.closed_linger) or \
-                    now - sf.last_seen > cfg.idle_timeout or \
-                    (sf.state in state.DEAD and now - sf.last_seen > cfg.closed_linger):
+                    (sf.state in state.DEAD and now - sf.last_seen > cfg.closed_linger) or \
+                    (sf.state in state.KEYING and now - sf.created > HALF_OPEN_TIMEOUT):
+                self.reclaim(sf)
+            elif now - sf.last_seen > cfg.idle_timeout:
+                idle.append(sf)
+        self.half_open = OrderedDict((k, sf) for k, sf in self.half_open.items()
+                                     if self.flows.get(k) is sf and sf.tx is None and sf.state in state.KEYING)
+        if not idle:
+            return
+        # an idle protected connection is never reclaimed while the kernel still has its socket (ssh sessions and
+        # connection pools idle far longer than idle_timeout); forgetting it would leave it nothing but a reset
+        alive = self.socket_alive([sf.key for sf in idle]) if self.socket_alive is not None else ()
+        for sf in idle:
+            if sf.key in alive:
+                sf.last_seen = now
+                self.counters["idle_kept_alive"] += 1
+            else:
+                self.reclaim(sf)
+
+    def evict_half_open(self) -> bool:
+        """Make room in a full table by forgetting the oldest flow still before keys (a flood of spoofed SYNs
+        fills the table with those; a real connection is keyed within a round trip). False if there is none.
+        `half_open` lists flows in creation order; entries that were keyed or dropped since are skipped."""
+        while self.half_open:
+            key, sf = self.half_open.popitem(last=False)
+            if self.flows.get(key) is sf and sf.tx is None and sf.state in state.KEYING:
+                self.counters["half_open_evicted"] += 1
                 self.drop_flow(sf)
-                self.counters["connections_reclaimed"] += 1
+                return True
+        return False
+
+    def reclaim(self, sf: Subflow) -> None:
+        self.drop_flow(sf)
+        self.counters["connections_reclaimed"] += 1
 
     def note_close(self, sf: Subflow, flags: int, outbound: bool, now: float) -> None:
         if flags & RST:
@@ -156,21 +209,32 @@ class Table:
         return entry[0]
 
     # --- connections, tokens, sessions -------------------------------------------------------------------
-    def add_token(self, conn: Connection, token: int) -> None:
+    def add_token(self, conn: Connection, token: int, key) -> bool:
+        """Map `token` to `conn`; a token another connection holds is refused and counted, never re-pointed."""
+        owner = self.tokens.get(token)
+        if owner is not None and owner is not conn:
+            self.count_rare("token_collisions_refused", "token-refused", key,
+                            f"token {token:08x} already belongs to another connection")
+            return False
         if token not in conn.tokens:
             conn.tokens.append(token)
             self.tokens[token] = conn
+        return True
 
-    def keyed(self, sf: Subflow, resumed: bool) -> None:
+    def keyed(self, sf: Subflow, resumed: bool, now: float) -> None:
         """A subflow got its keys: register the session for resumption (counted once the packet is handled)."""
         conn = sf.conn
         self.keyed_now.append(sf)
+        sf.tx_rekey_bytes = sf.bytes_out + self.config.rekey_bytes
+        sf.tx_rekey_time = now + self.config.rekey_interval
         if sf.mptcp and not sf.join:  # the first subflow's MP_CAPABLE keys: their tokens lead joins here
             conn.mptcp = True
             conn.keys.update(sf.hs.mptcp_keys)
             for k in conn.keys.values():
-                self.add_token(conn, mptcp_token(k))
+                self.add_token(conn, mptcp_token(k), sf.key)
         if not sf.join:
+            if conn.session.created is None:
+                conn.session.created = now
             self.cache_session(conn.session, sf.key[2])
             self.register_resume(conn.session)
         self.event("protected", sf.key, f"{'join' if sf.join else 'resumed' if resumed else 'new'} "
@@ -196,13 +260,29 @@ class Table:
 
     def cache_session(self, session: Session, peer: bytes) -> None:
         cache = self.peer_cache
+        old = cache.get(peer)
+        if old is not None and old is not session:  # replaced: its resume ids must not outlive it
+            self.forget_resume(old)
         cache[peer] = session
         cache.move_to_end(peer)
         while len(cache) > self.config.max_sessions_cached:
-            _, old = cache.popitem(last=False)
-            for rid in old.resume_ids.values():
-                self.resume.pop(rid, None)
-            old.resume_ids.clear()
+            self.forget_resume(cache.popitem(last=False)[1])
+
+    def session_expired(self, session: Session, now: float) -> bool:
+        """A cached session older than `session_lifetime` is never resumed again (forward secrecy: its ss chain
+        leaves the caches, and with the last connection that uses it, memory)."""
+        return session.created is not None and now - session.created > self.config.session_lifetime
+
+    def expire_sessions(self, now: float) -> None:
+        for peer, session in [(p, s) for p, s in self.peer_cache.items() if self.session_expired(s, now)]:
+            del self.peer_cache[peer]
+            self.forget_resume(session)
+            self.counters["sessions_expired"] += 1
+
+    def forget_resume(self, session: Session) -> None:
+        for rid in session.resume_ids.values():
+            self.resume.pop(rid, None)
+        session.resume_ids.clear()
 
     def register_resume(self, session: Session) -> None:
         """Resumption ids for the peer's next unused indices: how a SYN from any address finds the session.

@@ -25,6 +25,7 @@ from mptcrypt.constants import (
     TAG_NEXT_KEY,
     TAG_NONCE_A,
     TAG_NONCE_B,
+    TAG_REKEY,
     TAG_RESUME_ID,
     TAG_SESSION_ID,
 )
@@ -59,6 +60,37 @@ def session_id(ss: bytes) -> bytes:
 
 def resume_id(ss: bytes) -> bytes:
     return hmac256(ss, TAG_RESUME_ID)[:RESUME_ID_LEN]
+
+
+# What NEXTK1 / NEXTK2 proofs bind (protocol version 2, docs/protocol.md §6, §7): only what survives a NAT. No
+# address or port: a NAT rewrites them (and carrier-grade NAT rewrites ports on every connection). The ISNs, the
+# key index or resume id, and the whole MP_JOIN option(s) as on the wire (token, nonce, address id, backup bit).
+_CTX_ISN_INDEX = struct.Struct("!IH")
+_CTX_ISNS_INDEX = struct.Struct("!IIH")
+_CTX_ISN = struct.Struct("!I")
+_CTX_ISNS = struct.Struct("!II")
+
+
+def nextk1_join_context(isn_i: int, index: int, mp_join_syn: bytes) -> bytes:
+    return _CTX_ISN_INDEX.pack(isn_i, index) + mp_join_syn
+
+
+def nextk2_join_context(isn_i: int, isn_r: int, index: int, mp_join_syn: bytes, mp_join_synack: bytes) -> bytes:
+    return _CTX_ISNS_INDEX.pack(isn_i, isn_r, index) + mp_join_syn + mp_join_synack
+
+
+def nextk1_resume_context(isn_i: int, resume_id: bytes) -> bytes:
+    return _CTX_ISN.pack(isn_i) + resume_id
+
+
+def nextk2_resume_context(isn_i: int, isn_r: int, resume_id: bytes) -> bytes:
+    return _CTX_ISNS.pack(isn_i, isn_r) + resume_id
+
+
+def rekey_secret(secret: bytes, initiator_to_responder: bool) -> bytes:
+    """The next generation of one direction's secret (generation 0 is ss[i]): REKEY moves a direction to
+    `direction_secrets(rekey_secret(g), ...)`; the previous generation cannot be computed from the next."""
+    return hmac256(secret, TAG_REKEY + (b" a" if initiator_to_responder else b" b"))
 
 
 def join_proof(ss: bytes, synack: bool, context: bytes) -> bytes:

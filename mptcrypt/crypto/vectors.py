@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from mptcrypt.constants import PubCipher, SymCipher
 from mptcrypt.crypto import keyschedule as ks
 from mptcrypt.crypto.protect import MAC_HEADER, DirectionCipher
+from mptcrypt.wire.mptcp import MptcpOption, encode_mptcp
 
 # RFC 7748 §6.1 private keys (Alice as client, Bob as server)
 CLIENT_X25519 = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
@@ -35,8 +36,9 @@ def compute() -> dict[str, str]:
     ct = cipher.crypt(ext_seq, payload)
     hdr = MAC_HEADER.pack(40000, 5000, ext_seq & 0xFFFFFFFFFFFFFFFF, ext_ack, 0x018, 502, 0)
     tag = cipher.tag(hdr, b"", ct)
-    context = bytes((10, 0, 2, 2)) + (41000).to_bytes(2, "big") + bytes((10, 0, 2, 1)) + (5000).to_bytes(2, "big") \
-        + (333).to_bytes(4, "big")
+    # protocol v2: the NEXTK1 proof binds the ISN, the index and the whole MP_JOIN SYN option, no address or port
+    mp_join = encode_mptcp(MptcpOption.mpj_syn(token=0x01020304, nonce=0x05060708, addr_id=2))
+    context = ks.nextk1_join_context(333, 1, mp_join)
     return {
         "K_C": k_c.hex(), "K_S": k_s.hex(), "shared": shared.hex(), "N_S": n_s.hex(),
         "transcript": tr.hex(), "ss[0]": chain.ss(0).hex(), "ss[1]": chain.ss(1).hex(),

@@ -90,6 +90,12 @@ def register(sub) -> None:
         default=None,
         help="always run the public-key handshake, never resume a cached session (benchmarks, tests)",
     )
+    p.add_argument(
+        "--takeover",
+        action="store_true",
+        help="graceful restart: take the live sessions over from the daemon running in this namespace (in memory), "
+        "which then exits leaving its rules in place",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -142,7 +148,8 @@ def cmd_daemon(args) -> int:
     from mptcrypt.daemon.main import run_daemon
 
     config = load_config(args.config, **overrides)
-    return run_daemon(config, verbose=args.verbose, loader=lambda: load_config(args.config, **overrides))
+    return run_daemon(config, verbose=args.verbose, loader=lambda: load_config(args.config, **overrides),
+                      **({"takeover": True} if args.takeover else {}))
 
 
 def _ask(args, what: str, call):

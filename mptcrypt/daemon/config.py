@@ -39,9 +39,10 @@ SYM_CIPHER_NAMES = {"aes128": SymCipher.AES128, "chacha20": SymCipher.CHACHA20}
 RULE_KEYS = ("peer", "policy", "port")
 # numeric settings: name -> (type, smallest value allowed)
 COUNTS = {"queue_num": 0, "max_connections": 1, "max_held_per_connection": 0, "max_sessions_cached": 0,
-          "init_retries": 0}
-SECONDS = {"init_rto": 0.001, "idle_timeout": 0.0, "closed_linger": 0.0, "key_lifetime": 0.0}
-FLAGS = ("fail_open", "resume")
+          "init_retries": 0, "rekey_bytes": 1}
+SECONDS = {"init_rto": 0.001, "idle_timeout": 0.0, "closed_linger": 0.0, "key_lifetime": 0.0,
+           "session_lifetime": 0.0, "rekey_interval": 0.001}
+FLAGS = ("fail_open", "resume", "refuse_downgrade")
 OPTION_NAMES = {"resume": "--no-resume"}  # settings whose command-line option is not --KEY
 MAX_QUEUE_NUM = 65534  # NFQUEUE numbers are 16 bits; 65535 is taken by --queue-balance ranges
 

@@ -140,6 +140,10 @@ class ControlServer:
             self.sock.close()
             self.sock = None
 
+    def writing(self) -> bool:
+        """True while an answer is still being written to a client."""
+        return any(c.outbuf for c in self.clients.values())
+
     def tick(self, now: float | None = None) -> None:
         """Drop connections idle for longer than CLIENT_IDLE. Call now and then from the loop."""
         now = self.clock() if now is None else now

@@ -115,6 +115,20 @@ def removal_script(save_output: str) -> str | None:
     return "\n".join(lines + ["COMMIT", ""])
 
 
+def replace_script(save_output: str, queue_num: int, ports: tuple[tuple[int, int], ...] = (),
+                   fail_open: bool = False) -> str:
+    """iptables-restore --noflush input replacing chains already present by ours in ONE transaction: declaring a
+    chain flushes it, the old jumps are deleted and the new ones inserted at once. Never a moment without rules
+    (a restart or a graceful handover would otherwise let segments of protected connections pass in clear)."""
+    present = chains_present(save_output)
+    lines = ["*filter"] + [f":{chain} - [0:0]" for _hook, chain, _ in HOOKS]
+    for line in save_output.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "-A" and parts[1] not in present and _jumps_to(parts, present):
+            lines.append("-D" + line[2:])
+    return "\n".join(lines + rule_lines(queue_num, ports, fail_open) + ["COMMIT", ""])
+
+
 def _jumps_to(parts: list[str], chains: set[str]) -> bool:
     for i, word in enumerate(parts[:-1]):
         if word in ("-j", "-g", "--jump", "--goto") and parts[i + 1] in chains:
@@ -125,23 +139,32 @@ def _jumps_to(parts: list[str], chains: set[str]) -> bool:
 class Rules:
     """The daemon's rules in this network namespace for IPv4 and, when ip6tables exists, IPv6."""
 
-    def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False):
+    def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
+                 require_ipv6: bool = False):
+        """`require_ipv6`: a policy requires protection, so IPv6 traffic the kernel carries must be intercepted
+        too: without ip6tables the daemon refuses to start instead of leaving IPv6 in clear."""
         self.queue_num = queue_num
         self.ports = ports
         self.fail_open = fail_open
-        self.families = self._families()
+        self.families = self._families(require_ipv6)
         self.installed: list[Family] = []
 
     @staticmethod
-    def _families() -> list[Family]:
+    def _families(require_ipv6: bool = False) -> list[Family]:
         if not (shutil.which(IPV4.save) and shutil.which(IPV4.restore)):
             raise KernelFeatureError(
                 "iptables is not installed (iptables-save / iptables-restore not found on PATH): "
                 "install the iptables package (e.g. `apt install iptables`)"
             )
         families = [IPV4]
-        if shutil.which(IPV6.save) and shutil.which(IPV6.restore) and os.path.exists("/proc/sys/net/ipv6"):
+        kernel_ipv6 = os.path.exists("/proc/sys/net/ipv6")
+        if shutil.which(IPV6.save) and shutil.which(IPV6.restore) and kernel_ipv6:
             families.append(IPV6)
+        elif kernel_ipv6 and require_ipv6:
+            raise KernelFeatureError(
+                "policy `required` but ip6tables-save / ip6tables-restore are not on PATH: IPv6 connections would "
+                "leave in clear; install ip6tables (the iptables package) or disable IPv6"
+            )
         else:
             log.warning("ip6tables or kernel IPv6 support missing: IPv6 traffic is not intercepted")
         return families
@@ -152,15 +175,17 @@ class Rules:
         try:
             for fam in self.families:
                 save = _run([fam.save, "-t", "filter"], fam)
-                stale = removal_script(save)
-                if stale is not None:
+                present = chains_present(save)
+                if present:
                     log.warning(
-                        "replacing stale %s chains %s left by a daemon that did not exit cleanly",
+                        "replacing stale %s chains %s left by a daemon that did not exit cleanly (or handed over)",
                         fam.name,
-                        ", ".join(sorted(chains_present(save))),
+                        ", ".join(sorted(present)),
                     )
-                    _run([fam.restore, "-w", "--noflush"], fam, stale)
-                _run([fam.restore, "-w", "--noflush"], fam, script)
+                    _run([fam.restore, "-w", "--noflush"], fam,
+                         replace_script(save, self.queue_num, self.ports, self.fail_open))
+                else:
+                    _run([fam.restore, "-w", "--noflush"], fam, script)
                 self.installed.append(fam)
         except BaseException:
             try:

@@ -32,13 +32,14 @@ from typing import Callable
 
 from mptcrypt import __version__
 from mptcrypt.constants import CONTROL_SOCKET
+from mptcrypt.core.config import Policy
 from mptcrypt.core.state import LIVE as HANDSHAKE_STATES
 from mptcrypt.daemon.config import DaemonConfig, describe, format_ports
 from mptcrypt.daemon.control import ControlServer, Deferred
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
-from mptcrypt.errors import ConfigError, MptcryptError, NotRootError
+from mptcrypt.errors import AlreadyRunningError, ConfigError, MptcryptError, NotRootError
 
 log = logging.getLogger("mptcrypt.daemon")
 
@@ -74,7 +75,9 @@ def make_engine(config: DaemonConfig):
         if exc.name not in ("mptcrypt.core.engine",):
             raise
         raise MptcryptError("this mptcrypt build has no protocol engine (mptcrypt.core.engine is missing)") from None
-    return Engine(config)
+    from mptcrypt.daemon.sockdiag import sockets_alive
+
+    return Engine(config, socket_alive=sockets_alive)
 
 
 def _addr(value, what: str) -> tuple[str, int]:
@@ -100,12 +103,14 @@ class Daemon:
     `loader()` returns the configuration afresh (file and flags); SIGHUP calls it through `reload()`."""
 
     def __init__(self, config: DaemonConfig, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
-                 loader: Callable[[], DaemonConfig] | None = None):
+                 loader: Callable[[], DaemonConfig] | None = None, takeover: bool = False):
         self.config = config
         self.engine = engine
         self.control_name = control_name
         self.verbose = verbose
         self.loader = loader
+        self.takeover = takeover  # take the live sessions over from the daemon running now (graceful restart)
+        self.handed_over_at: float | None = None  # we gave our sessions to a successor: stop, keep the rules
         self.started = time.monotonic()
         self.stop_reason: str | None = None
         self.reload_pending = False
@@ -166,7 +171,15 @@ class Daemon:
             return {"ok": True, "stats": engine.stats(), "edge": edge}
         if cmd == "sid":
             return self._sid_request(request)
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, sid)"}
+        if cmd == "handover" and hasattr(engine, "export_state"):
+            # a successor started with --takeover: it gets our sessions (in memory, over this root-only socket of
+            # our namespace), we stop as soon as the answer is out, leaving the rules (and the queue's packets,
+            # which the kernel holds or drops fail-closed until the successor binds it) in place
+            state = engine.export_state()
+            self.handed_over_at = time.monotonic()
+            log.info("handing %d flows over to a successor daemon", len(state["flows"]))
+            return {"ok": True, "state": state}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, sessions, stats, sid, handover)"}
 
     def _sid_request(self, request: dict) -> dict | Deferred:
         """The sid of a flow once its protection is decided; parked (up to `wait` s) while its handshake runs."""
@@ -197,7 +210,9 @@ class Daemon:
     def run(self) -> int:
         config = self.config
         control = ControlServer(self.handle_request, self.control_name)
-        control.bind()  # first: a second daemon in this namespace fails here, before touching anything
+        handover = _take_over(self.control_name) if self.takeover else None
+        _bind_control(control, wait=HANDOVER_TIMEOUT if handover is not None else 0.0)
+        # first: a second daemon in this namespace fails here, before touching anything
         selector = selectors.DefaultSelector()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -211,10 +226,13 @@ class Daemon:
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
             if self.engine is None:
                 self.engine = make_engine(config)
+            if handover is not None:
+                log.info("took over %d flows from the previous daemon", self.engine.import_state(handover))
             raw = RawSocket()
             worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
             worker.bind()
-            rules = Rules(config.queue_num, config.ports, config.fail_open)
+            required = config.policy is Policy.REQUIRED or any(r.policy is Policy.REQUIRED for r in config.rules)
+            rules = Rules(config.queue_num, config.ports, config.fail_open, require_ipv6=required)
             rules.install()  # last: from here on packets are queued, and we are listening
             control.attach(selector)
             selector.register(worker.fileno(), selectors.EVENT_READ, lambda _mask: worker.read())
@@ -263,6 +281,8 @@ class Daemon:
                 self.reload()
             now = time.monotonic()
             control.poll_parked(now)
+            if self.handed_over_at is not None and (not control.writing() or now - self.handed_over_at > 5):
+                self.stop_reason = "handed over to a successor"
             if now >= next_control_tick:
                 control.tick(now)
                 next_control_tick = now + CONTROL_TICK
@@ -274,6 +294,17 @@ class Daemon:
                     log.debug("counters: %s", " ".join(f"{k}={v}" for k, v in last_counters.items() if v))
 
     def _shutdown(self, rules, worker, raw, control, selector) -> None:
+        if self.handed_over_at is not None:  # the successor keeps the chains and continues the connections
+            rules = None
+        if rules is not None and rules.installed and worker is not None and hasattr(self.engine, "shutdown"):
+            try:  # open protected connections are reset, never continued in clear once the rules are gone
+                resets = self.engine.shutdown()
+                worker.inject(resets)
+                if resets:
+                    log.info("reset %d protected connection(s) that cannot continue without the daemon",
+                             len(resets) // 2)
+            except Exception as exc:
+                log.warning("while resetting protected connections at shutdown: %s", exc)
         if rules is not None:
             try:
                 rules.remove()
@@ -298,6 +329,29 @@ class Daemon:
         selector.close()
 
 
+HANDOVER_TIMEOUT = 10.0  # seconds a successor waits for its predecessor to release the control socket
+
+
+def _take_over(name: str) -> dict:
+    """Ask the running daemon for its live state (graceful restart). MptcryptError if none runs or it refuses."""
+    from mptcrypt.daemon.control import ControlClient
+
+    return ControlClient(name, timeout=HANDOVER_TIMEOUT).request("handover")["state"]
+
+
+def _bind_control(control: ControlServer, wait: float) -> None:
+    """Bind the control socket; after a handover, retry while the predecessor is still on its way out."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            control.bind()
+            return
+        except AlreadyRunningError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _drain(sock: socket.socket) -> None:
     try:
         while sock.recv(64):
@@ -316,13 +370,15 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("mptcrypt").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[], DaemonConfig] | None = None) -> int:
+def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[], DaemonConfig] | None = None,
+               takeover: bool = False) -> int:
     """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0.
-    `loader` reads the configuration again on SIGHUP."""
+    `loader` reads the configuration again on SIGHUP; `takeover` takes the live sessions over from the daemon
+    running now (graceful restart)."""
     if os.geteuid() != 0:
         raise NotRootError(
             "the daemon needs root (CAP_NET_ADMIN for iptables and NFQUEUE, CAP_NET_RAW for its raw socket): "
             "run `mptcrypt daemon` as root, or `ip netns exec NS mptcrypt daemon` as root for a namespace"
         )
     setup_logging(verbose)
-    return Daemon(config, verbose=verbose, loader=loader).run()
+    return Daemon(config, verbose=verbose, loader=loader, takeover=takeover).run()

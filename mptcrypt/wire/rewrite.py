@@ -25,10 +25,12 @@ _CSUM = struct.Struct("!H")
 DAEMON_WINDOW = 65535
 
 
-def with_options(seg: Segment, add: bytes = b"", strip=(), clamp: bool = False) -> tuple[bytes, bool]:
+def with_options(seg: Segment, add: bytes = b"", strip=(), clamp: bool = False,
+                 keep_payload: bool = True) -> tuple[bytes, bool]:
     """`seg`'s packet with its option list rewritten (never more than 40 bytes): options of a kind in `strip`
     removed (with the NOPs that padded them), the MSS lowered by the MAC option's size when `clamp`, `add`
-    appended. Returns (packet, overflow): overflow is True when `add` did not fit and was left out."""
+    appended, the payload left out unless `keep_payload`. Returns (packet, overflow): overflow is True when
+    `add` did not fit and was left out."""
     kept: list[TCPOption] = []
     for o in seg.tcp_options():
         if o.kind in strip or o.kind == TCPOPT_EOL:
@@ -42,7 +44,7 @@ def with_options(seg: Segment, add: bytes = b"", strip=(), clamp: bool = False) 
     overflow = len(raw) > TCP_MAX_OPTION_SPACE
     if overflow:
         raw = pad_options(encode_options(kept))
-    return assemble(seg.packet, seg.l4, raw, seg.payload()), overflow
+    return assemble(seg.packet, seg.l4, raw, seg.payload() if keep_payload else b""), overflow
 
 
 def realign(opts: list[TCPOption]) -> list[TCPOption]:

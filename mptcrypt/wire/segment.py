@@ -6,8 +6,8 @@ mptcrypt message are decoded on first use and cached. Offsets are absolute in `p
 `l4`, its options at `l4 + 20`, the payload at `data_off`.
 
 IPv4: the packet is trimmed to the IP total length; fragments are not segments (None). IPv6: the extension
-header chain (RFC 8200 §4) is walked to TCP; a fragment or an ESP/AH/unknown header before TCP is None
-(`Segment` cannot see the TCP header), a truncated chain is a DecodeError.
+header chain (RFC 8200 §4) is walked to TCP; another transport is None; a Fragment, ESP or AH header before
+TCP, or a truncated chain, is a DecodeError (the engine drops it: it cannot verify what it cannot see).
 """
 
 from __future__ import annotations
@@ -17,17 +17,22 @@ import struct
 from mptcrypt.constants import MAC_OPTION_LEN, TCPOPT_EXP, TCPOPT_MPTCP
 from mptcrypt.errors import DecodeError
 from mptcrypt.wire import messages as m
-from mptcrypt.wire.ip import IPPROTO_TCP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN
+from mptcrypt.wire.ip import IPPROTO_TCP, IPV4_FRAG_MASK, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN
 from mptcrypt.wire.mptcp import MptcpOption, Subtype, parse_mptcp
 from mptcrypt.wire.tcp import TCP_HEADER_LEN, TCPOption, parse_options
 
 # RFC 8200 §4: extension headers whose length is (byte 1 + 1) * 8 and that a router may insert or a host read
 IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_DEST_OPTS = 0, 43, 60
-IPV6_EXT_FRAGMENT = 44
+IPV6_EXT_FRAGMENT, IPV6_ESP, IPV6_AH = 44, 50, 51
 IPV6_WALKABLE = (IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_DEST_OPTS)
+# headers that may hide a TCP header we cannot verify: a segment behind them is dropped, never passed
+IPV6_OPAQUE = (IPV6_EXT_FRAGMENT, IPV6_ESP, IPV6_AH)
 IPV6_MAX_EXT_HEADERS = 8  # bound the walk (a chain of hundreds of empty headers is an attack, not a packet)
 
 _TCP_FIXED = struct.Struct("!HHIIH")  # ports, seq, ack, data offset + flags
+# IPv4 without options and the TCP fixed fields: version/IHL, total length, flags + fragment offset, protocol,
+# addresses, then ports, seq, ack, data offset + flags
+_V4_TCP = struct.Struct("!BxH2xHxB2x4s4sHHIIH")
 _U16 = struct.Struct("!H")
 _MAC_PREFIX = m.EXP_PREFIX
 
@@ -41,11 +46,8 @@ class Segment:
     __slots__ = ("packet", "src", "dst", "l4", "sport", "dport", "seq", "ack", "flags", "data_off", "_opts",
                  "_mptcp")
 
-    def __init__(self, packet: bytes, src: bytes, dst: bytes, l4: int):
-        try:
-            self.sport, self.dport, self.seq, self.ack, off_flags = _TCP_FIXED.unpack_from(packet, l4)
-        except struct.error:
-            raise DecodeError(f"TCP header at offset {l4} of a {len(packet)}-byte packet is truncated") from None
+    def __init__(self, packet: bytes, src: bytes, dst: bytes, l4: int, sport: int, dport: int, seq: int, ack: int,
+                 off_flags: int):
         data_off = l4 + ((off_flags >> 12) << 2)
         if data_off < l4 + TCP_HEADER_LEN or data_off > len(packet):
             raise DecodeError(f"TCP data offset {(off_flags >> 12) << 2} does not fit a {len(packet) - l4}-byte "
@@ -54,6 +56,10 @@ class Segment:
         self.src = src
         self.dst = dst
         self.l4 = l4
+        self.sport = sport
+        self.dport = dport
+        self.seq = seq
+        self.ack = ack
         self.flags = off_flags & 0x0FFF
         self.data_off = data_off
 
@@ -158,21 +164,28 @@ def parse_segment(packet: bytes) -> Segment | None:
     """The TCP segment in IP `packet`; None when the packet is not a TCP segment we can see (not IP, another
     transport, a fragment); DecodeError when it claims to be one but its headers are truncated or inconsistent."""
     n = len(packet)
-    if n >= IPV4_MIN_HEADER_LEN and packet[0] >> 4 == 4:
-        ihl = (packet[0] & 0x0F) << 2
-        total = (packet[2] << 8) | packet[3]
-        if ihl < IPV4_MIN_HEADER_LEN or total < ihl or total > n:
-            raise DecodeError(f"IPv4 header length {ihl} / total length {total} do not fit {n} bytes")
-        if packet[9] != IPPROTO_TCP or packet[6] & 0x3F or packet[7]:  # another transport, or a fragment
+    if n >= IPV4_MIN_HEADER_LEN + TCP_HEADER_LEN and packet[0] == 0x45:  # IPv4 without options: one unpack
+        _vihl, total, frag, proto, src, dst, sport, dport, seq, ack, off_flags = _V4_TCP.unpack_from(packet)
+        if proto != IPPROTO_TCP or frag & IPV4_FRAG_MASK:  # another transport, or a fragment
             return None
-        if total < n:
-            packet = packet[:total]
-        return Segment(packet, packet[12:16], packet[16:20], ihl)
+        if IPV4_MIN_HEADER_LEN + TCP_HEADER_LEN <= total <= n:
+            return Segment(packet[:total] if total < n else packet, src, dst, IPV4_MIN_HEADER_LEN, sport, dport,
+                           seq, ack, off_flags)
     if not n:
         raise DecodeError("empty packet")
     version = packet[0] >> 4
     if version == 4:
-        raise DecodeError(f"IPv4 packet of {n} bytes is shorter than a header")
+        if n < IPV4_MIN_HEADER_LEN:
+            raise DecodeError(f"IPv4 packet of {n} bytes is shorter than a header")
+        ihl = (packet[0] & 0x0F) << 2
+        total = (packet[2] << 8) | packet[3]
+        if ihl < IPV4_MIN_HEADER_LEN or total < ihl or total > n:
+            raise DecodeError(f"IPv4 header length {ihl} / total length {total} do not fit {n} bytes")
+        if packet[9] != IPPROTO_TCP or ((packet[6] << 8) | packet[7]) & IPV4_FRAG_MASK:
+            return None
+        if total < n:
+            packet = packet[:total]
+        return _segment_at(packet, packet[12:16], packet[16:20], ihl)
     if version == 6:
         if n < IPV6_HEADER_LEN:
             raise DecodeError(f"IPv6 packet of {n} bytes is shorter than a header")
@@ -184,18 +197,30 @@ def parse_segment(packet: bytes) -> Segment | None:
         l4 = ipv6_transport_offset(packet)
         if l4 is None:
             return None
-        return Segment(packet, packet[8:24], packet[24:40], l4)
+        return _segment_at(packet, packet[8:24], packet[24:40], l4)
     return None
+
+
+def _segment_at(packet: bytes, src: bytes, dst: bytes, l4: int) -> Segment:
+    try:
+        fields = _TCP_FIXED.unpack_from(packet, l4)
+    except struct.error:
+        raise DecodeError(f"TCP header at offset {l4} of a {len(packet)}-byte packet is truncated") from None
+    return Segment(packet, src, dst, l4, *fields)
 
 
 def ipv6_transport_offset(packet: bytes) -> int | None:
     """Offset of the TCP header behind the IPv6 header and its extension headers (Hop-by-Hop, Routing,
-    Destination Options), None when another transport or a header we cannot walk (Fragment, ESP, AH) comes
-    first; DecodeError when the chain runs past the packet or is absurdly long."""
+    Destination Options), None when another transport comes first; DecodeError when a header we cannot look
+    behind (Fragment, ESP, AH) comes first, or the chain runs past the packet or is absurdly long: the NFQUEUE
+    rules only queue TCP, so such a packet may be a protected flow's segment dressed up to skip the MAC check
+    (issue 12 item 4) and is dropped."""
     nxt, off = packet[6], IPV6_HEADER_LEN
     for _ in range(IPV6_MAX_EXT_HEADERS + 1):
         if nxt == IPPROTO_TCP:
             return off
+        if nxt in IPV6_OPAQUE:
+            raise DecodeError(f"IPv6 header {nxt} before the transport: cannot verify what it carries")
         if nxt not in IPV6_WALKABLE:
             return None
         if off + 2 > len(packet):

@@ -22,7 +22,9 @@ from mptcrypt.attacks.runner import BLOCKED, DETECTED, EFFECTIVE
 
 pytestmark = pytest.mark.root
 
-PUBLISHED = [n for n in ATTACKS if n != "syn-desync"]  # issue 5's attacks 1-7; syn-desync targets mptcrypt itself
+# issue 5's attacks 1-7; the rest target mptcrypt itself (issue 12)
+OWN = ("syn-desync", "syn-replay")
+PUBLISHED = [n for n in ATTACKS if n not in OWN + ("daemon-restart",)]
 
 # the daemon counter (client/server) that must show the forged packets being refused
 REFUSED_BY = {
@@ -34,6 +36,7 @@ REFUSED_BY = {
     "mp-tcprst": (None, "unauthenticated_dropped"),
     "rst": (None, "unauthenticated_dropped"),
     "data-inject": ("server", "unauthenticated_dropped"),
+    "token-poison": ("server", "joins_refused"),  # issue 12 item 2: against plain MPTCP it is the join hijack
 }
 
 
@@ -107,14 +110,28 @@ def test_downgrade_required_is_refused(matrix):
     assert "refused" in (raw["transfer"]["connect_error"] or "").lower(), raw["transfer"]
 
 
-def test_syn_desync_is_harmless_to_plain_mptcp(matrix):
+@pytest.mark.parametrize("name", OWN)
+def test_syn_attacks_are_harmless_to_plain_mptcp(matrix, name):
     """A SYN on an established connection is answered with a challenge ACK by the kernel (RFC 5961 §4)."""
-    cell = matrix[("syn-desync", "plain", None)]
+    cell = matrix[(name, "plain", None)]
     assert cell.outcome == BLOCKED, _explain(cell)
 
 
-def test_syn_desync_blocked_by_mptcrypt(matrix):
-    """A forged SYN on a protected subflow's 4-tuple is dropped (it used to replace the flow with a plain one)."""
-    cell = matrix[("syn-desync", "mptcrypt", None)]
+@pytest.mark.parametrize("name", OWN)
+def test_syn_attacks_blocked_by_mptcrypt(matrix, name):
+    """A forged (syn-desync: new ISN) or replayed (syn-replay: the subflow's own ISN, HELLO removed) SYN on a
+    protected subflow's 4-tuple is dropped; each used to replace the keyed flow with a plain one."""
+    cell = matrix[(name, "mptcrypt", None)]
     assert cell.outcome == BLOCKED, _explain(cell)
     assert cell.raw["stats"]["server"].get("syn_on_live_flow_dropped", 0) > 0
+    assert cell.raw["stats"]["client"].get("syn_on_live_flow_dropped", 0) > 0
+
+
+def test_daemon_restart_under_required_leaves_nothing_in_clear(matrix):
+    """The server daemon restarted mid-transfer (issue 12 item 3): no plaintext on path 1; the connection it could
+    not continue is reset (protected or dead). Plain MPTCP, without daemons, is readable throughout."""
+    assert matrix[("daemon-restart", "plain", None)].outcome == EFFECTIVE
+    cell = matrix[("daemon-restart", "mptcrypt", None)]
+    assert cell.outcome == BLOCKED, _explain(cell)
+    assert cell.raw["agent"]["view"]["plaintext_records_seen"] == {"UP": 0, "DN": 0}
+    assert "t" in (cell.raw["extra"].get("restart") or {}), _explain(cell)

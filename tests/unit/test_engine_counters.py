@@ -34,14 +34,14 @@ def test_a_join_is_zero_pk_only_when_no_public_key_operation_happened_while_hand
         assert e.stats()["joins_protected"] == 1 and e.stats()["joins_zero_pk"] == 1
     # the same join, but a (simulated) public-key operation during its handling: it must not count as zero-pk
     pair = mptcp_pair()
-    real = join.syn_binding
+    real = join.mp_join_bytes
 
     def with_pk_op(mpj):
         for e in pair.eng.values():
             e.counters["pk_ops"] += 1
         return real(mpj)
 
-    monkeypatch.setattr(join, "syn_binding", with_pk_op)
+    monkeypatch.setattr(join, "mp_join_bytes", with_pk_op)
     run_join(pair)
     for e in pair.eng.values():
         st = e.stats()

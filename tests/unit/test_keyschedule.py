@@ -36,7 +36,7 @@ VECTORS = {
     "mac_a[0]": "f53daf889705ad2e583d493bf5d0a037efbd17262807dbdce64da16727b8c387",
     "salt_a[0]": "495eae6b5d8e630459d4e3df",
     "resume_id[1]": "b66a68da6f71fc90",
-    "nextk1_proof[1]": "a5b8e182d7737d56",
+    "nextk1_proof[1]": "c038ca7b33ad19b2",
     "segment_ciphertext": "98239751e65533a87ec505cd285c9aa549d955f0d8e6a8a04fb88f82",
     "segment_mac": "2e1bade495d0f505",
 }
