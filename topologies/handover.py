@@ -11,8 +11,8 @@ script changes the networks at run time through `Net`: `net.link_down('mobile', 
 
 Build arguments (`--topo handover,30,10` or `handover,wifi_bw=30`): wifi_bw, lte_bw (Mbit/s),
 wifi_loss, lte_loss (%), wifi_delay, lte_delay (one way, each direction: Wi-Fi ~10 ms and LTE ~40 ms
-by default, so a round trip takes ~20 / ~80 ms as on real networks; `None` builds the link without a delay
-line, microseconds of RTT).
+by default, so a round trip takes ~20 / ~80 ms as on real networks; `None` or "none" builds the link without
+a delay line, microseconds of RTT).
 """
 
 try:
@@ -51,7 +51,7 @@ class HandoverTopo(Topo):
 
 
 def _delay(value):
-    return {} if value is None else {"delay": value}
+    return {} if value in (None, "none") else {"delay": value}
 
 
 topos = {"handover": HandoverTopo}
