@@ -33,8 +33,11 @@ def _endpoint(addr) -> tuple[str, int]:
 def session_id(sock: socket.socket, *, timeout: float = 5.0, control: str | None = None) -> bytes | None:
     """The mptcrypt session ID of a connected TCP or MPTCP socket, None if the daemon does not protect it.
 
-    Raises TypeError for anything but a TCP/MPTCP socket.socket (a UDP or Unix socket, a file descriptor), OSError
-    (ENOTCONN) for an unconnected one, DaemonNotRunning when no daemon runs in this network namespace."""
+    Safe right after connect()/accept(): while the connection's handshake (INIT1/INIT2, one more round trip) is in
+    flight the daemon holds the answer until it is decided, up to `timeout` seconds. Raises TypeError for anything
+    but a TCP/MPTCP socket.socket (a UDP or Unix socket, a file descriptor), OSError (ENOTCONN) for an unconnected
+    one, DaemonNotRunning when no daemon runs in this network namespace, HandshakeInProgress when the handshake is
+    still undecided after `timeout`."""
     if not isinstance(sock, socket.socket):
         hint = "; wrap a file descriptor with socket.socket(fileno=fd)" if isinstance(sock, int) else ""
         raise TypeError(f"session_id() needs a connected TCP or MPTCP socket.socket, not {type(sock).__name__}{hint}")

@@ -37,6 +37,10 @@ class DaemonNotRunning(MptcryptError):
     exit_code = 3
 
 
+class HandshakeInProgress(MptcryptError):
+    """A connection's mptcrypt handshake was still undecided when a caller's wait for its session ID ran out."""
+
+
 # --- protocol errors raised inside the sans-IO core; the engine turns them into counters -------------
 
 

@@ -1,7 +1,7 @@
 """A mobile with Wi-Fi and LTE, and a server: for handover between networks.
 
-    mobile wifi 10.0.1.2/24 ---- Wi-Fi, 50 Mbit/s ---- 10.0.1.1/24 s-wifi server
-    mobile lte  10.0.2.2/24 ---- LTE,   20 Mbit/s ---- 10.0.2.1/24 s-lte  server
+    mobile wifi 10.0.1.2/24 ---- Wi-Fi, 50 Mbit/s, 10 ms ---- 10.0.1.1/24 s-wifi server
+    mobile lte  10.0.2.2/24 ---- LTE,   20 Mbit/s, 40 ms ---- 10.0.2.1/24 s-lte  server
 
 The mobile's default route is Wi-Fi; each of its addresses leaves by its own link (per-path routing).
 Both mobile addresses are MPTCP `subflow` endpoints, so a connection uses both networks. A handover
@@ -10,7 +10,9 @@ script changes the networks at run time through `Net`: `net.link_down('mobile', 
 '10.0.1.77/24')` for a new address on the same network (the endpoint follows the address).
 
 Build arguments (`--topo handover,30,10` or `handover,wifi_bw=30`): wifi_bw, lte_bw (Mbit/s),
-wifi_loss, lte_loss (%).
+wifi_loss, lte_loss (%), wifi_delay, lte_delay (one way, each direction: Wi-Fi ~10 ms and LTE ~40 ms
+by default, so a round trip takes ~20 / ~80 ms as on real networks; `None` or "none" builds the link without
+a delay line, microseconds of RTT).
 """
 
 try:
@@ -22,7 +24,7 @@ MPTCP_LIMITS = {"subflows": 2, "add_addr_accepted": 2}
 
 
 class HandoverTopo(Topo):
-    def build(self, wifi_bw=50, lte_bw=20, wifi_loss=0, lte_loss=0):
+    def build(self, wifi_bw=50, lte_bw=20, wifi_loss=0, lte_loss=0, wifi_delay="10ms", lte_delay="40ms"):
         mobile = self.addHost(
             "mobile",
             defaultRoute="via 10.0.1.1 dev wifi",
@@ -39,13 +41,17 @@ class HandoverTopo(Topo):
         self.addLink(
             mobile, server, intfName1="wifi", intfName2="s-wifi",
             params1={"ip": "10.0.1.2/24", "gw": "10.0.1.1"}, params2={"ip": "10.0.1.1/24"},
-            bw=wifi_bw, loss=wifi_loss,
+            bw=wifi_bw, loss=wifi_loss, **_delay(wifi_delay),
         )
         self.addLink(
             mobile, server, intfName1="lte", intfName2="s-lte",
             params1={"ip": "10.0.2.2/24", "gw": "10.0.2.1"}, params2={"ip": "10.0.2.1/24"},
-            bw=lte_bw, loss=lte_loss,
+            bw=lte_bw, loss=lte_loss, **_delay(lte_delay),
         )
+
+
+def _delay(value):
+    return {} if value in (None, "none") else {"delay": value}
 
 
 topos = {"handover": HandoverTopo}

@@ -20,7 +20,7 @@ MPTCP_LIMITS = {"subflows": 2, "add_addr_accepted": 2}
 
 
 class TwoPathTopo(Topo):
-    def build(self, bw1=None, bw2=None, loss1=0, loss2=0):
+    def build(self, bw1=None, bw2=None, loss1=0, loss2=0, delay1=None, delay2=None):
         client = self.addHost(
             "client",
             mptcp={
@@ -33,13 +33,18 @@ class TwoPathTopo(Topo):
         self.addLink(
             client, server, intfName1="c-eth0", intfName2="s-eth0",
             params1={"ip": "10.0.1.2/24", "gw": "10.0.1.1"}, params2={"ip": "10.0.1.1/24"},
-            bw=bw1, loss=loss1,
+            bw=bw1, loss=loss1, **_delay(delay1),
         )
         self.addLink(
             client, server, intfName1="c-eth1", intfName2="s-eth1",
             params1={"ip": "10.0.2.2/24", "gw": "10.0.2.1"}, params2={"ip": "10.0.2.1/24"},
-            bw=bw2, loss=loss2,
+            bw=bw2, loss=loss2, **_delay(delay2),
         )
+
+
+def _delay(value):
+    """delay1/delay2 (one way, each direction, e.g. '20ms'): None builds the link without a delay line."""
+    return {} if value is None else {"delay": value}
 
 
 topos = {"two_path": TwoPathTopo}

@@ -10,10 +10,17 @@ likes::
     {"cmd": "status"}    -> {"ok": true, "pid": 123, "uptime": 4.2, "queue": 4242, "ports": "all", "policy": "..."}
     {"cmd": "sessions"}  -> {"ok": true, "sessions": [...]}
     {"cmd": "stats"}     -> {"ok": true, "stats": {...}, "edge": {...}}
-    {"cmd": "sid", "local": ["10.0.0.1", 40000], "remote": ["10.0.0.2", 80]}  -> {"ok": true, "sid": "ab12..." | null}
+    {"cmd": "sid", "local": ["10.0.0.1", 40000], "remote": ["10.0.0.2", 80], "wait": 4.5}
+                         -> {"ok": true, "sid": "ab12..." | null, "state": "encrypting" | "plain" | ... | null}
     {"cmd": "monitor"}   -> {"ok": true, "subscribe": true}, then one line per engine event (`publish`) until
                             the client closes (`mptcrypt monitor`; a subscriber is never reaped as idle)
     anything wrong       -> {"ok": false, "error": "what was wrong"}
+
+A `sid` request for a connection whose mptcrypt handshake is still in flight (a client's connect() returns on the
+SYN-ACK, INIT1/INIT2 take one more round trip) is parked, not answered "not protected": the answer goes out once the
+flow's protection is decided (protected, plain, refused, failed, closed), or after `wait` seconds with
+{"ok": true, "sid": null, "pending": true}. Later requests on the same connection wait behind it (answers stay in
+order); other connections are served meanwhile.
 
 Every command is read-only. Any local user of the namespace may connect (abstract sockets carry no file mode), as
 any local user may read `ss` output; session IDs are meant to be compared in the open.
@@ -32,10 +39,11 @@ import selectors
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from mptcrypt.constants import CONTROL_SOCKET
-from mptcrypt.errors import AlreadyRunningError, DaemonNotRunning, MptcryptError
+from mptcrypt.errors import AlreadyRunningError, DaemonNotRunning, HandshakeInProgress, MptcryptError
 
 log = logging.getLogger("mptcrypt.control")
 
@@ -47,8 +55,20 @@ CLIENT_IDLE = 30.0  # seconds a connection may stay open without a request in pr
 RECV_CHUNK = 65536
 SEND_CHUNK = 1 << 20
 CLIENT_TIMEOUT = 5.0
+SID_WAIT_MARGIN = 0.25  # a client asks the daemon to wait this much less than its own socket timeout
 
-Handler = Callable[[dict], dict]
+
+@dataclass
+class Deferred:
+    """An answer not known yet, which a handler returns instead of a response dict: `poll()` gives the response
+    once it is known (None before), `expire()` the one to send at `deadline` (the server's clock)."""
+
+    poll: Callable[[], dict | None]
+    expire: Callable[[], dict]
+    deadline: float
+
+
+Handler = Callable[[dict], "dict | Deferred"]
 
 
 def peer_pid(name: str = CONTROL_SOCKET, timeout: float = 1.0) -> int | None:
@@ -64,7 +84,7 @@ def peer_pid(name: str = CONTROL_SOCKET, timeout: float = 1.0) -> int | None:
 
 
 class _Client:
-    __slots__ = ("sock", "inbuf", "outbuf", "last", "closing", "subscribed")
+    __slots__ = ("sock", "inbuf", "outbuf", "last", "closing", "subscribed", "parked")
 
     def __init__(self, sock: socket.socket, now: float):
         self.sock = sock
@@ -73,6 +93,7 @@ class _Client:
         self.last = now
         self.closing = False
         self.subscribed = False
+        self.parked: Deferred | None = None  # the request being waited on; later lines stay in inbuf
 
 
 class ControlServer:
@@ -131,8 +152,32 @@ class ControlServer:
         """Drop connections idle for longer than CLIENT_IDLE. Call now and then from the loop."""
         now = self.clock() if now is None else now
         for fd, client in list(self.clients.items()):
-            if now - client.last > CLIENT_IDLE and not client.subscribed:
+            if now - client.last > CLIENT_IDLE and not client.subscribed and client.parked is None:
                 self._drop(fd)
+
+    def next_deadline(self) -> float | None:
+        """When the earliest parked request expires (the loop must wake up by then), None if none is parked."""
+        deadlines = [c.parked.deadline for c in self.clients.values() if c.parked is not None]
+        return min(deadlines) if deadlines else None
+
+    def poll_parked(self, now: float | None = None) -> None:
+        """Answer the parked requests that are decided or expired. Call after every loop iteration (a decision
+        only ever follows a packet or a timer)."""
+        now = self.clock() if now is None else now
+        for fd, client in list(self.clients.items()):
+            deferred = client.parked
+            if deferred is None:
+                continue
+            response = self._guarded(deferred.poll)
+            if response is None and now >= deferred.deadline:
+                response = self._guarded(deferred.expire)
+            if response is None:
+                continue
+            client.parked = None
+            client.last = now
+            self._queue(client, response)
+            self._serve(client)
+            self._write(fd, client)
 
     # --- events ----------------------------------------------------------------------------------------------
     def _on_accept(self, _mask: int) -> None:
@@ -178,29 +223,46 @@ class ControlServer:
                 self._drop(fd)
             return
         client.inbuf += data
-        while True:
+        self._serve(client)
+        self._write(fd, client)
+
+    def _serve(self, client: _Client) -> None:
+        """Answer the complete request lines in inbuf, in order, stopping at one that has to wait."""
+        while client.parked is None:
             line, sep, rest = client.inbuf.partition(b"\n")
             if not sep:
                 break
             client.inbuf = bytearray(rest)
-            self._respond(client, bytes(line))
-        if len(client.inbuf) > MAX_REQUEST:
-            self._respond(client, None)
+            response = self.dispatch(bytes(line))
+            if isinstance(response, Deferred):
+                early = self._guarded(response.poll)
+                if early is None:
+                    client.parked = response
+                    return
+                response = early
+            self._queue(client, response)
+        if client.parked is None and len(client.inbuf) > MAX_REQUEST:
+            self._queue(client, {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
             client.inbuf.clear()
             client.closing = True
-        self._write(fd, client)
 
-    def _respond(self, client: _Client, line: bytes | None) -> None:
-        if line is None:
-            response = {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
-        else:
-            response = self.dispatch(line)
-            if response.get("subscribe") is True:
-                client.subscribed = True
+    @staticmethod
+    def _queue(client: _Client, response: dict) -> None:
+        if response.get("subscribe") is True:
+            client.subscribed = True
         client.outbuf += json.dumps(response, separators=(",", ":"), default=str).encode() + b"\n"
 
-    def dispatch(self, line: bytes) -> dict:
-        """One request line -> one response dict (never raises)."""
+    def _guarded(self, func: Callable[[], dict | None]) -> dict | None:
+        try:
+            return func()
+        except MptcryptError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("parked control request failed")
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+
+    def dispatch(self, line: bytes) -> "dict | Deferred":
+        """One request line -> one response dict, or a Deferred one (never raises)."""
         if len(line) > MAX_REQUEST:
             return {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
         try:
@@ -324,5 +386,17 @@ class ControlClient:
         return {**response.get("stats", {}), **response.get("edge", {})}
 
     def sid(self, local: tuple[str, int], remote: tuple[str, int]) -> bytes | None:
-        value = self.request("sid", local=[local[0], int(local[1])], remote=[remote[0], int(remote[1])])["sid"]
+        """The session ID, None if the connection is not protected (plain, refused, failed, unknown). Waits, up to
+        the timeout, for a handshake still in flight; HandshakeInProgress if it is still undecided then."""
+        wait = max(0.0, self.timeout - SID_WAIT_MARGIN)
+        response = self.request(
+            "sid", local=[local[0], int(local[1])], remote=[remote[0], int(remote[1])], wait=round(wait, 3)
+        )
+        if response.get("pending"):
+            raise HandshakeInProgress(
+                f"the mptcrypt handshake of {local[0]}:{local[1]} -> {remote[0]}:{remote[1]} was still in progress "
+                f"after {wait:g} s (state {response.get('state')}): the peer daemon is slow or the path loses INITs; "
+                "ask again, or with a longer timeout"
+            )
+        value = response["sid"]
         return bytes.fromhex(value) if value else None

@@ -34,8 +34,9 @@ from mptcrypt import __version__
 from mptcrypt.constants import CONTROL_SOCKET
 from mptcrypt.core.config import Policy
 from mptcrypt.crypto import segment
+from mptcrypt.core.state import LIVE as HANDSHAKE_STATES
 from mptcrypt.daemon.config import DaemonConfig, describe, format_ports
-from mptcrypt.daemon.control import ControlServer
+from mptcrypt.daemon.control import ControlServer, Deferred
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.keylog import KeyLog
 from mptcrypt.daemon.metrics import MetricsServer, exposition
@@ -58,6 +59,7 @@ RESTART_ONLY = ("ports", "queue_num", "fail_open")
 LOOP_CAP = 1.0  # longest sleep of the loop (seconds)
 CONTROL_TICK = 5.0  # how often idle control connections are reaped
 VERBOSE_STATS_EVERY = 10.0  # with -v: a counters line this often, when they changed
+MAX_SID_WAIT = 30.0  # longest a `sid` request may stay parked waiting for its handshake
 
 
 def make_engine(config: DaemonConfig, key_log=None):
@@ -187,8 +189,7 @@ class Daemon:
         if cmd == "metrics":
             return {"ok": True, "text": self.metrics_text()}
         if cmd == "sid":
-            sid = engine.session_id(_addr(request.get("local"), "local"), _addr(request.get("remote"), "remote"))
-            return {"ok": True, "sid": sid.hex() if sid else None}
+            return self._sid_request(request)
         if cmd == "handover" and hasattr(engine, "export_state"):
             # a successor started with --takeover: it gets our sessions (in memory, over this root-only socket of
             # our namespace), we stop as soon as the answer is out, leaving the rules (and the queue's packets,
@@ -204,6 +205,31 @@ class Daemon:
         worker = self.worker
         edge = worker.stats() if worker is not None else {}
         return exposition(self.engine.stats(), edge, self.engine.sessions(), worker.latency if worker else None)
+
+    def _sid_request(self, request: dict) -> dict | Deferred:
+        """The sid of a flow once its protection is decided; parked (up to `wait` s) while its handshake runs."""
+        local, remote = _addr(request.get("local"), "local"), _addr(request.get("remote"), "remote")
+        wait = request.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise ConfigError('"wait" must be a number of seconds >= 0')
+        flow_state = getattr(self.engine, "flow_state", None)  # engines without handshakes decide at once
+
+        def decided(final: bool = False) -> dict | None:
+            state = flow_state(local, remote) if flow_state is not None else None
+            in_flight = state in HANDSHAKE_STATES
+            if in_flight and not final:
+                return None
+            sid = None if in_flight else self.engine.session_id(local, remote)
+            answer = {"ok": True, "sid": sid.hex() if sid else None, "state": state.value if state else None}
+            if in_flight:
+                answer["pending"] = True
+            return answer
+
+        first = decided()
+        if first is not None or wait == 0:
+            return first or decided(final=True)
+        deadline = time.monotonic() + min(float(wait), MAX_SID_WAIT)
+        return Deferred(poll=decided, expire=lambda: decided(final=True), deadline=deadline)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -288,13 +314,18 @@ class Daemon:
         next_stats = time.monotonic() + VERBOSE_STATS_EVERY
         last_counters: dict = {}
         while self.stop_reason is None:
-            for key, mask in selector.select(worker.timeout(LOOP_CAP)):
+            timeout = worker.timeout(LOOP_CAP)
+            parked = control.next_deadline()
+            if parked is not None:
+                timeout = max(0.0, min(timeout, parked - time.monotonic()))
+            for key, mask in selector.select(timeout):
                 key.data(mask)
             worker.tick()
             if self.reload_pending:
                 with self.notifier.reloading():  # systemd: RELOADING=1, then READY=1 (also when it failed)
                     self.reload()
             now = time.monotonic()
+            control.poll_parked(now)
             if self.handed_over_at is not None and (not control.writing() or now - self.handed_over_at > 5):
                 self.stop_reason = "handed over to a successor"
             if now >= next_control_tick:

@@ -6,7 +6,7 @@ A scenario file::
     description = "signal fades (loss, then less bandwidth), then Wi-Fi is gone"
     duration = 12.0          # seconds the workload runs; events happen inside this window
     direction = "down"       # bulk transfer server -> mobile ("up": mobile -> server)
-    topo = { wifi_bw = 20, lte_bw = 10 }     # build arguments of topologies/handover.py
+    topo = { wifi_bw = 20, lte_bw = 10 }     # build arguments of topologies/handover.py (also wifi_delay = "10ms")
 
     setup = [                # applied before any connection opens (same actions, no `at`)
       { action = "backup", intf = "lte", on = true },
@@ -53,6 +53,7 @@ SCENARIO_DIR = REPO / "topologies" / "scenarios"
 TOPOLOGY_FILE = REPO / "topologies" / "handover.py"
 
 INTERFACES = ("wifi", "lte")
+TOPO_KEYS = frozenset({"wifi_bw", "lte_bw", "wifi_loss", "lte_loss", "wifi_delay", "lte_delay"})
 DIRECTIONS = ("up", "down")
 ACTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # action: (required fields, optional fields) besides at/action/intf/label
@@ -213,8 +214,9 @@ def parse_scenario(data: dict[str, Any], name: str, path: str | None = None) -> 
     if direction not in DIRECTIONS:
         raise ConfigError(f"{what}: direction must be 'up' (mobile -> server) or 'down', got {direction!r}")
     topo = data.get("topo", {})
-    if not isinstance(topo, dict) or set(topo) - {"wifi_bw", "lte_bw", "wifi_loss", "lte_loss"}:
-        raise ConfigError(f"{what}: topo takes wifi_bw, lte_bw (Mbit/s), wifi_loss, lte_loss (%)")
+    if not isinstance(topo, dict) or set(topo) - TOPO_KEYS:
+        raise ConfigError(f"{what}: topo takes wifi_bw, lte_bw (Mbit/s), wifi_loss, lte_loss (%), "
+                          "wifi_delay, lte_delay (one way, e.g. '10ms')")
     setup = [parse_event(e, f"{what}: setup[{i}]", False, duration) for i, e in enumerate(data.get("setup", []))]
     events = [parse_event(e, f"{what}: events[{i}]", True, duration) for i, e in enumerate(data.get("events", []))]
     if not events:

@@ -5,6 +5,10 @@ already in their namespaces; switches are Linux bridges `mptc-<switch>` in their
 pyroute2 handle is kept per namespace while the network is up. Nothing is created in the root
 namespace, so deleting the namespaces removes everything: that is the whole teardown, and what
 `mptcrypt topo down` / `clean` do from another process.
+
+A link given delay/jitter/reorder/duplicate gets netem below its shaper where the kernel has netem; without
+netem it becomes two veth pairs with a delay line between them, a forwarding process in its own namespace
+`mptc-link-<node1>-<intf1>` (mptcrypt.topo.delayline), killed by PID at teardown and with its namespace after a crash.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Sequence
 
 from mptcrypt.errors import AlreadyRunningError, ConfigError, KernelFeatureError, MptcryptError
 from mptcrypt.topo import netns
+from mptcrypt.topo.delayline import DEFAULT_LIMIT, INTF_A, INTF_B, DelayLine, LineParams
 from mptcrypt.topo.spec import (
     SHAPING_KEYS,
     Endpoint,
@@ -43,6 +48,7 @@ SCOPE_LINK = 253
 TC_ROOT = {"root": True}
 TBF_LATENCY = "50ms"  # queue bound when max_queue_size is not given
 MTU_FRAME = 1514
+DELAY_LINE_MTU = 65535  # the delay line's own ends never limit the frame size: the hosts' MTUs do
 ENOENT, EEXIST, ESRCH, EADDRNOTAVAIL = 2, 17, 3, 99
 
 _KEEP = object()
@@ -180,6 +186,8 @@ class Net:
         self._sockets: list[socket.socket] = []
         self._loss_nodes: set[str] = set()  # nodes whose MPTC-LOSS chains exist
         self._qdisc: set[tuple[str, str]] = set()  # (node, intf) with a root qdisc of ours
+        self._netem: bool | None = None  # the kernel has netem (probed when a link asks for delay)
+        self._lines: dict[tuple[str, str], tuple[DelayLine, str]] = {}  # (node, intf) -> its line, direction sent
         self.started = False
 
     # --- access ------------------------------------------------------------------------------------
@@ -344,6 +352,10 @@ class Net:
             except OSError as exc:
                 errors.append(f"{ns}: {exc}")
         self._created.clear()
+        for line, _direction in self._lines.values():
+            for pipe in (line.proc.stdin, line.proc.stdout, line.proc.stderr):
+                pipe.close()
+        self._lines.clear()
         self._loss_nodes.clear()
         self._qdisc.clear()
         if self.state_file:
@@ -362,7 +374,16 @@ class Net:
             netns.create(node.ns)
         for node in self.nodes.values():
             node.ipr = IPRoute(netns=node.ns)
+        lined = []
+        if any(lk.delayed for lk in self.plan.links):
+            self._netem = self._probe_netem(next(iter(self.nodes.values())))
+            lined = [] if self._netem else [lk for lk in self.plan.links if lk.delayed]
+        for lk in lined:
+            self._created.append(lk.delay_ns)
+            netns.create(lk.delay_ns)
         early = {n.ns: sysctl_script(early_sysctls(n.plan)) for n in self.nodes.values() if early_sysctls(n.plan)}
+        no_v6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+        early.update({lk.delay_ns: sysctl_script(no_v6) for lk in lined})  # a delay line sends nothing of its own
         netns.run_scripts(early)
         for node in self.nodes.values():
             node.ipr.link("set", index=node.ifindex("lo"), state="up")
@@ -371,11 +392,20 @@ class Net:
         with IPRoute() as root:
             for lk in self.plan.links:
                 ns1, ns2 = self.nodes[lk.node1].ns, self.nodes[lk.node2].ns
+                if lk in lined:
+                    for ifname, ns, end in ((lk.intf1, ns1, INTF_A), (lk.intf2, ns2, INTF_B)):
+                        self._nl(
+                            f"creating veth {ifname} <-> the delay line {lk.delay_ns}:{end}",
+                            root.link, "add", ifname=ifname, kind="veth", net_ns_fd=ns,
+                            peer={"ifname": end, "net_ns_fd": lk.delay_ns},
+                        )
+                    continue
                 self._nl(
                     f"creating veth {lk.node1}:{lk.intf1} <-> {lk.node2}:{lk.intf2}",
                     root.link, "add", ifname=lk.intf1, kind="veth", net_ns_fd=ns1,
                     peer={"ifname": lk.intf2, "net_ns_fd": ns2},
                 )
+        self._start_delay_lines(lined)
         for node in self.nodes.values():
             for intf in node.plan.intfs:
                 self._config_intf(node, intf)
@@ -385,11 +415,64 @@ class Net:
         netns.run_scripts(late)
         for node in self.nodes.values():
             for intf in node.plan.intfs:
-                if intf.shaping.needs_qdisc:
+                if intf.shaping.bw is not None or (intf.shaping.needs_netem and self._netem):
                     self._apply_qdisc(node, intf)
         self._apply_loss()
         for node in self.hosts:
             self._apply_mptcp(node)
+
+    def _probe_netem(self, node: Node) -> bool:
+        """Whether this kernel has netem: add one to the namespace's loopback and take it away again."""
+        idx = node.ifindex("lo")
+        try:
+            node.ipr.tc("add", "netem", idx, handle="1:", delay=0)
+        except Exception:
+            return False
+        try:
+            node.ipr.tc("del", index=idx, **TC_ROOT)
+        except Exception:
+            pass
+        return True
+
+    def _start_delay_lines(self, links: list) -> None:
+        """Bring up each link's delay-line namespace and start its process; all at once, then wait for them."""
+        from pyroute2 import IPRoute
+
+        started = []
+        for lk in links:
+            with IPRoute(netns=lk.delay_ns) as ipr:
+                for end in (INTF_A, INTF_B):
+                    idx = ipr.link_lookup(ifname=end)[0]
+                    self._nl(f"MTU of {lk.delay_ns}:{end}", ipr.link, "set", index=idx, mtu=DELAY_LINE_MTU)
+                    ipr.link("set", index=idx, state="up")
+            line = DelayLine(lk.delay_ns, netns.exec_argv(lk.delay_ns, []))
+            self._procs.append(line.proc)
+            self._lines[(lk.node1, lk.intf1)] = (line, "ab")  # what node1 sends goes a -> b
+            self._lines[(lk.node2, lk.intf2)] = (line, "ba")
+            started.append(lk)
+        for lk in started:
+            line, _ = self._lines[(lk.node1, lk.intf1)]
+            try:
+                line.wait_ready()
+            except (OSError, TimeoutError) as exc:
+                raise KernelFeatureError(f"the delay line of {lk.node1}:{lk.intf1} did not start: {exc}") from exc
+            for name, ifname in ((lk.node1, lk.intf1), (lk.node2, lk.intf2)):
+                self._set_line(name, self.plan.node(name).intf(ifname))
+
+    def _set_line(self, node: str, intf: Intf) -> None:
+        line, direction = self._lines[(node, intf.name)]
+        sh = intf.shaping
+        line.set(direction, LineParams(delay_us=sh.delay_us, jitter_us=sh.jitter_us, reorder=sh.reorder,
+                                       duplicate=sh.duplicate, limit=sh.max_queue_size or DEFAULT_LIMIT))
+
+    def delay_line_stats(self, node: str, intf: str) -> dict[str, int] | None:
+        """Counters of the delay line carrying what `node`'s `intf` sends (forwarded, dropped, reordered,
+        duplicated, held, ...); None when that link has none (no delay asked, or netem does the delay)."""
+        found = self._lines.get((node, intf))
+        if found is None:
+            return None
+        line, direction = found
+        return line.stats()[direction]
 
     def _nl(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -461,7 +544,8 @@ class Net:
                 if _nl_code(exc) not in (ENOENT, 22):
                     raise
             self._qdisc.discard(key)
-        if not sh.needs_qdisc:
+        netem = sh.needs_netem and bool(self._netem)  # else the link's delay line does it
+        if sh.bw is None and not netem:
             return
         where = f"{node.name}:{intf.name}"
         parent: dict[str, Any] = {}
@@ -478,8 +562,12 @@ class Net:
                 self._nl(f"tbf on {where}", ipr.tc, "add", "tbf", idx, handle="1:", rate=rate, burst=burst, **limit)
                 self._qdisc.add(key)
             parent = {"parent": 0x10001}
-        if sh.needs_netem:
+        if netem:
             opts: dict[str, Any] = {"delay": sh.delay_us, "jitter": sh.jitter_us}
+            if sh.reorder:
+                opts["reorder"] = sh.reorder
+            if sh.duplicate:
+                opts["duplicate"] = sh.duplicate
             if sh.max_queue_size:
                 opts["limit"] = sh.max_queue_size
             handle = "10:" if parent else "1:"
@@ -587,11 +675,20 @@ class Net:
         new = apply_shaping(type(old)(**vars(old)), params, f"{node}:{intf}")
         if new.loss and self.plan.nodes[i.peer_node].is_switch and n.is_switch:
             raise ConfigError(f"loss on the switch-to-switch link {node}<->{i.peer_node} is not supported")
-        qdisc_changed = {k: getattr(old, k) for k in vars(old) if k != "loss"} != {
-            k: getattr(new, k) for k in vars(new) if k != "loss"
-        }
+        line_keys = {"delay_us", "jitter_us", "reorder", "duplicate"}
+        line = (node, intf) in self._lines
+        if not line and not self._netem and any(getattr(old, k) != getattr(new, k) for k in line_keys):
+            raise ConfigError(
+                f"{node}:{intf} has no delay line, and this kernel no netem: give the link delay (delay='0ms' "
+                "will do) in addLink so that it gets one, then change it at run time"
+            )
+        skip = {"loss"} | (line_keys if line else set())
+        qdisc_changed = any(getattr(old, k) != getattr(new, k) for k in vars(old) if k not in skip)
+        line_changed = line and any(getattr(old, k) != getattr(new, k) for k in line_keys | {"max_queue_size"})
         i.shaping = new
         try:
+            if line_changed:
+                self._set_line(node, i)
             if qdisc_changed:
                 self._apply_qdisc(n, i)
             if new.loss != old.loss:

@@ -26,7 +26,10 @@ MPTCP_FLAGS = {"signal": 1, "subflow": 2, "backup": 4, "fullmesh": 8}
 MPTCP_LIMIT_KEYS = {"subflows": "subflows", "add_addr_accepted": "add_addr_accepted", "rcv_add_addrs": "add_addr_accepted"}
 MPTCP_MAX_LIMIT = 8  # MPTCP_PM_ADDR_MAX in the kernel
 
-SHAPING_KEYS = frozenset({"bw", "delay", "jitter", "loss", "max_queue_size", "use_htb"})
+# delay, jitter, reorder, duplicate: netem's, or the user-space delay line (mptcrypt.topo.delayline) without it
+DELAY_KEYS = frozenset({"delay", "jitter", "reorder", "duplicate"})
+SHAPING_KEYS = frozenset({"bw", "loss", "max_queue_size", "use_htb"}) | DELAY_KEYS
+DELAY_NS_PREFIX = NAME_PREFIX + "link-"  # namespace of a link's delay line: mptc-link-<node1>-<intf1>
 LINK_KEYS = frozenset({"node1", "node2", "port1", "port2", "key", "intfName1", "intfName2", "params1", "params2",
                        "addr1", "addr2"}) | SHAPING_KEYS
 # Mininet link options that change nothing here (the link class, htb's r2q, tbf being our default).
@@ -60,14 +63,12 @@ class Shaping:
     loss: float = 0.0  # percent
     max_queue_size: int | None = None  # packets
     use_htb: bool = False
+    reorder: float = 0.0  # percent of packets sent without the delay (netem's `reorder`)
+    duplicate: float = 0.0  # percent of packets sent twice
 
     @property
     def needs_netem(self) -> bool:
-        return bool(self.delay_us or self.jitter_us)
-
-    @property
-    def needs_qdisc(self) -> bool:
-        return self.bw is not None or self.needs_netem
+        return bool(self.delay_us or self.jitter_us or self.reorder or self.duplicate)
 
 
 @dataclass
@@ -168,6 +169,11 @@ class LinkPlan:
     intf1: str
     node2: str
     intf2: str
+    delayed: bool = False  # asked for delay/jitter/reorder/duplicate (even 0): gets a delay line without netem
+
+    @property
+    def delay_ns(self) -> str:
+        return f"{DELAY_NS_PREFIX}{self.node1}-{self.intf1}"
 
 
 @dataclass
@@ -184,7 +190,8 @@ class NetPlan:
         return [n for n in self.nodes.values() if n.is_switch]
 
     def namespaces(self) -> list[str]:
-        return [n.ns for n in self.nodes.values()]
+        """Every namespace the network may use: its nodes', and its links' delay lines (made only without netem)."""
+        return [n.ns for n in self.nodes.values()] + [lk.delay_ns for lk in self.links if lk.delayed]
 
     def node(self, name: str) -> NodePlan:
         try:
@@ -256,6 +263,10 @@ def apply_shaping(shaping: Shaping, params: dict, where: str) -> Shaping:
             )
         elif key == "use_htb":
             shaping.use_htb = bool(value)
+        elif key in ("reorder", "duplicate"):
+            setattr(shaping, key, 0.0 if value is None else _number(value, f"{where}: {key} (%)", 0, 100))
+    if shaping.reorder and not shaping.delay_us:
+        raise ConfigError(f"{where}: reorder sends some packets without the delay, so it needs a delay (as netem)")
     return shaping
 
 
@@ -451,7 +462,8 @@ def plan_topology(topo: Any) -> NetPlan:
             ends.append(intf)
         a, b = ends
         a.peer_node, a.peer_name, b.peer_node, b.peer_name = b.node, b.name, a.node, a.name
-        links.append(LinkPlan(a.node, a.name, b.node, b.name))
+        delayed = any(DELAY_KEYS & set(d) for d in (info, info.get("params1") or {}, info.get("params2") or {}))
+        links.append(LinkPlan(a.node, a.name, b.node, b.name, delayed=delayed))
 
     for name, opts in host_opts.items():
         node = nodes[name]
@@ -479,6 +491,9 @@ def plan_topology(topo: Any) -> NetPlan:
         if len(set(ports)) != len(ports):
             raise ConfigError(f"{node.name}: two links use the same port number")
     plan = NetPlan(nodes=nodes, links=links)
+    clash = {n.ns for n in nodes.values()} & {lk.delay_ns for lk in links if lk.delayed}
+    if clash:
+        raise ConfigError(f"node name(s) {', '.join(sorted(clash))} clash with a link's delay-line namespace: rename")
     loss_rules(plan)  # refuses loss that cannot be placed
     return plan
 

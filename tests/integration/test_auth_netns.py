@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -70,18 +69,24 @@ def client_args(scheme, creds, target):
     return args + ["--pin", creds / "server.pub"]
 
 
+def wait_listening(proc) -> None:
+    """Readiness, not a fixed sleep: both example programs print "... listening on HOST:PORT" once bound."""
+    line = proc.stdout.readline()
+    assert "listening on" in line, line + proc.stdout.read()
+
+
 def run_pair(net, scheme, creds, via_relay: bool):
     server = net["server"].popen([str(a) for a in server_args(scheme, creds)], env=ENV, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
     relay = None
     try:
-        time.sleep(0.8)
+        wait_listening(server)
         target = "10.0.1.1"
         if via_relay:
             relay = net["attacker"].popen([PY, str(EX / "mitm_relay.py"), "--listen", f"0.0.0.0:{PORT}", "--connect",
                                            f"10.0.1.1:{PORT}", "--mptcp-in", "--mptcp-out", "--max-conns", "1"],
                                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            time.sleep(0.8)
+            wait_listening(relay)
             target = "10.0.1.66"
         client = net["client"].run([str(a) for a in client_args(scheme, creds, target)], check=False, timeout=60)
         return client

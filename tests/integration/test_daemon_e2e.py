@@ -95,8 +95,9 @@ class Capture:
     def __init__(self, net, host, intf, path, filt="tcp"):
         self.path = path
         self.proc = net[host].popen(["tcpdump", "-i", intf, "-U", "-s", "0", "-w", path, filt],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()  # "listening on IF, ...": the capture is open
+        assert "listening on" in line, line
 
     def stop(self) -> bytes:
         self.proc.terminate()
@@ -330,7 +331,10 @@ def test_server_initiated_join_to_an_announced_address_is_protected(env):
     joins = []
 
     def during():
-        time.sleep(1.0)
+        deadline = time.time() + 15  # the server application accepted: its daemon has the protected connection
+        while time.time() < deadline and not any(r["local"].endswith(":5006") and r.get("protected")
+                                                 for r in sessions(net, "server")):
+            time.sleep(0.05)
         net["server"].run("ip mptcp endpoint add 10.0.2.1 dev s-eth1 subflow")
         deadline = time.time() + 15
         while time.time() < deadline and not joins:

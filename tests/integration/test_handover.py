@@ -26,7 +26,7 @@ name = "short-new-wifi"
 description = "test: Wi-Fi down, back on a new network with a new address"
 duration = 7.0
 direction = "down"
-topo = { wifi_bw = 20, lte_bw = 10 }
+topo = { wifi_bw = 20, lte_bw = 10, wifi_delay = "none", lte_delay = "none" }
 expect = { new_path = "wifi" }
 events = [
   { at = 1.5, action = "down", intf = "wifi" },

@@ -247,17 +247,11 @@ def test_build_and_teardown_leave_no_trace(topology):
 def test_a_failed_build_removes_what_it_made():
     from mptcrypt.topo import Net
 
-    net = Net(_pair(delay="10ms"))
-    try:
+    # a multicast MAC: the plan takes it, the kernel refuses it half-way through the build (after the delay line)
+    net = Net(_pair(delay="10ms", addr2="01:00:5e:00:00:01"))
+    with pytest.raises(KernelFeatureError, match="setting MAC"):
         net.start()
-    except KernelFeatureError as exc:
-        assert "netem" in str(exc)
-        assert not [ns for ns in net.namespaces if topo_netns.exists(ns)]
-    else:  # a kernel with netem: the delay must be there
-        try:
-            assert "netem" in net["client"].cmd("tc qdisc show dev c-eth0")
-        finally:
-            net.stop()
+    assert not [ns for ns in net.namespaces if topo_netns.exists(ns)]
 
 
 @root

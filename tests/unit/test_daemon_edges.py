@@ -24,7 +24,8 @@ from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.daemon.control import MAX_REQUEST, ControlClient, ControlServer, peer_pid
 from mptcrypt.daemon.main import Daemon, format_ports
 from mptcrypt.daemon.nfqueue import COPY_LIMIT, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, QueueWorker, ip_total_length
-from mptcrypt.errors import AlreadyRunningError, DaemonNotRunning, KernelFeatureError, MptcryptError
+from mptcrypt.core.state import State
+from mptcrypt.errors import AlreadyRunningError, DaemonNotRunning, HandshakeInProgress, KernelFeatureError, MptcryptError
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -57,6 +58,7 @@ class FakeEngine:
         self.pending: list[Event] = []
         self.rows: list[dict] = []
         self.sids: dict = {}
+        self.states: dict = {}
 
     def handle(self, packet, outbound, now):
         self.calls.append((packet, outbound, now))
@@ -83,6 +85,9 @@ class FakeEngine:
 
     def session_id(self, local, remote):
         return self.sids.get((tuple(local), tuple(remote)))
+
+    def flow_state(self, local, remote):
+        return self.states.get((tuple(local), tuple(remote)))
 
 
 class FakePacket:
@@ -132,6 +137,7 @@ class ServerThread:
         while not self.stop.is_set():
             for key, mask in self.selector.select(0.02):
                 key.data(mask)
+            self.server.poll_parked()
 
     def close(self):
         self.stop.set()
@@ -455,6 +461,55 @@ def test_control_round_trip(daemon_server):
     assert client.sid(("10.0.0.1", 40000), ("10.0.0.2", 80)) == bytes.fromhex("00ff10")
     assert client.sid(("::ffff:10.0.0.1", 40000), ("10.0.0.2", 80)) == bytes.fromhex("00ff10")  # mapped -> v4
     assert client.sid(("10.0.0.1", 1), ("10.0.0.2", 80)) is None
+
+
+FLOW = (("10.0.0.1", 40000), ("10.0.0.2", 80))
+
+
+def test_sid_waits_for_a_handshake_in_flight(daemon_server):
+    """connect() returns on the SYN-ACK, INIT1/INIT2 take one more round trip: the answer waits for them."""
+    engine, name = daemon_server
+    engine.states[FLOW] = State.INIT1_SENT
+    answer: list = []
+    asker = threading.Thread(target=lambda: answer.append(ControlClient(name, timeout=5).sid(*FLOW)))
+    asker.start()
+    # the parked request does not hold up other clients
+    assert ControlClient(name).status()["ok"]
+    assert ControlClient(name).sid(("10.0.0.1", 1), ("10.0.0.2", 80)) is None  # unknown flow: answered at once
+    assert not answer
+    engine.sids[FLOW] = bytes.fromhex("00ff10")
+    engine.states[FLOW] = State.ENCRYPTING
+    asker.join(5)
+    assert answer == [bytes.fromhex("00ff10")]
+
+
+@pytest.mark.parametrize("final", [State.PLAIN, State.FAILED, State.REFUSED])
+def test_sid_of_an_unprotected_flow_is_none_once_decided(daemon_server, final):
+    engine, name = daemon_server
+    engine.states[FLOW] = State.SYN_SENT_HELLO
+    answers = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(3)
+        sock.connect(name)
+        request = {"cmd": "sid", "local": list(FLOW[0]), "remote": list(FLOW[1]), "wait": 3}
+        sock.sendall(json.dumps(request).encode() + b'\n{"cmd": "status"}\n')  # pipelined behind the parked one
+        engine.states[FLOW] = final
+        buf = b""
+        while buf.count(b"\n") < 2:
+            buf += sock.recv(65536)
+        answers = [json.loads(line) for line in buf.splitlines()]
+    assert answers[0] == {"ok": True, "sid": None, "state": final.value}
+    assert answers[1]["ok"] and answers[1]["pid"] == os.getpid()  # in order, after the parked answer
+
+
+def test_sid_still_in_flight_at_the_deadline_is_not_not_protected(daemon_server):
+    engine, name = daemon_server
+    engine.states[FLOW] = State.PKCONF_SENT
+    with pytest.raises(HandshakeInProgress, match="still in progress .* pkconf-sent"):
+        ControlClient(name, timeout=0.5).sid(*FLOW)
+    answers = raw_exchange(name, json.dumps({"cmd": "sid", "local": list(FLOW[0]), "remote": list(FLOW[1])}).encode()
+                           + b"\n")
+    assert answers == [{"ok": True, "sid": None, "state": "pkconf-sent", "pending": True}]  # wait 0: at once
 
 
 def raw_exchange(name: str, data: bytes, lines: int = 1) -> list[dict]:
