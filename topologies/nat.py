@@ -69,7 +69,9 @@ class NatTopo(Topo):
                 commands.append("ip route add 192.168.1.0/24 via 100.64.1.2")
                 if ipv6:
                     commands.append(f"ip -6 route add {v6(11, 0)}/64 via {v6(21, 2)}")
-            router = self.addHost(f"nat{path}", router=True, ipv6=ipv6, commands=commands)
+            # default route toward the server: a join from this path may go to the server's other address
+            router = self.addHost(f"nat{path}", router=True, ipv6=ipv6, commands=commands,
+                                  defaultRoute=f"via 10.0.{path}.1")
             self.addLink(router, server, intfName1=wan, intfName2=f"s-eth{path - 1}",
                          params1={"ip": f"10.0.{path}.254/24", **six(path, 254)},
                          params2={"ip": f"10.0.{path}.1/24", **six(path, 1)},
