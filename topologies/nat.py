@@ -18,6 +18,9 @@ Build arguments (`--topo nat,nat=1,double=True`):
   neither end host is on that link, so only Path MTU Discovery (ICMP "fragmentation needed") finds it.
 - `ipv6`: every host also gets IPv6 (fd00:1::/64 ... on the same links, routed; IPv6 has no NAT here).
 - `mptcp_ep`: the client's second path is an MPTCP `subflow` endpoint (default True).
+- `strip`: nat1 is also a middlebox stripping option 253 from "syn" segments (SYN and SYN-ACK), "data" (every
+  segment without SYN), "all", or "none" (default): `iptables -t mangle -A FORWARD -p tcp [--tcp-flags SYN SYN|NONE]
+  -j TCPOPTSTRIP --strip-options 253`.
 
 MPTCP: the client's 192.168.2.2 is a `subflow` endpoint, so a connection to 10.0.1.1 also joins 192.168.2.2 ->
 10.0.1.1 through nat2 (per-path routing on the client; the server answers via its main table).
@@ -31,6 +34,10 @@ except ImportError:
 MPTCP_LIMITS = {"subflows": 2, "add_addr_accepted": 2}
 NAT_RULE = "iptables -t nat -A POSTROUTING -o {wan} -j MASQUERADE --random-fully"
 NATS = {"both": (1, 2), "1": (1,), "2": (2,), "none": ()}
+# A middlebox that strips the RFC 6994 option mptcrypt rides in (kind 253), from SYNs (and SYN-ACKs), from every
+# other segment, or from all; xt_TCPOPTSTRIP in the mangle table of nat1's FORWARD chain.
+STRIP_RULE = "iptables -t mangle -A FORWARD -p tcp{flags} -j TCPOPTSTRIP --strip-options 253"
+STRIP_FLAGS = {"none": None, "syn": " --tcp-flags SYN SYN", "data": " --tcp-flags SYN NONE", "all": ""}
 
 
 def v6(net: int, host: int) -> str:
@@ -38,10 +45,12 @@ def v6(net: int, host: int) -> str:
 
 
 class NatTopo(Topo):
-    def build(self, nat="both", double=False, mtu1=None, ipv6=False, mptcp_ep=True):
-        nat = str(nat)
+    def build(self, nat="both", double=False, mtu1=None, ipv6=False, mptcp_ep=True, strip="none"):
+        nat, strip = str(nat), str(strip)
         if nat not in NATS:
             raise ValueError(f"nat={nat!r}: use one of {', '.join(NATS)}")
+        if strip not in STRIP_FLAGS:
+            raise ValueError(f"strip={strip!r}: use one of {', '.join(STRIP_FLAGS)}")
         nat_paths = NATS[nat]
         double = str(double).lower() in ("1", "true", "yes") if not isinstance(double, bool) else double
         ipv6 = str(ipv6).lower() in ("1", "true", "yes") if not isinstance(ipv6, bool) else ipv6
@@ -65,6 +74,8 @@ class NatTopo(Topo):
         for path in (1, 2):
             lan, wan = f"lan{path}", f"wan{path}"
             commands = [NAT_RULE.format(wan=wan)] if path in nat_paths else []
+            if path == 1 and STRIP_FLAGS[strip] is not None:
+                commands.append(STRIP_RULE.format(flags=STRIP_FLAGS[strip]))
             if path == 1 and double:  # the carrier NAT reaches the home network through the home router
                 commands.append("ip route add 192.168.1.0/24 via 100.64.1.2")
                 if ipv6:
