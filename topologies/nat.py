@@ -89,7 +89,7 @@ class NatTopo(Topo):
                          mtu=mtu1 if path == 1 and not double else None)
             first = router
             if path == 1 and double:
-                first = self.addHost("home1", router=True, ipv6=ipv6, commands=[NAT_RULE.format(wan="h-wan")],
+                first = self.addHost("home1", router=True, ipv6=ipv6, commands=[NAT_RULE.format(wan="h-wan")] if 1 in nat_paths else [],
                                      defaultRoute="via 100.64.1.1")
                 self.addLink(first, router, intfName1="h-wan", intfName2="cgn-lan", mtu=mtu1,
                              params1={"ip": "100.64.1.2/24", **six(21, 2, 1)},

@@ -17,6 +17,9 @@ one). Two chains in the `filter` table, each jumped to from position 1 of its ho
   on the queue (daemon crashed, or not started yet), so nothing leaks in plain text. `fail_open` adds
   `--queue-bypass`: traffic then flows unprotected while the daemon is gone.
 * Only locally generated and locally delivered packets are seen (OUTPUT/INPUT), never forwarded ones.
+* MPTC-IN also queues inbound ICMP "fragmentation needed" / ICMPv6 "Packet Too Big": the daemon lowers the MTU they
+  report by the MAC option's size before its kernel learns it (mptcrypt/wire/icmp.py), else a path with a small MTU
+  is a black hole for segments the kernel sized to fit exactly.
 
 Rules go in atomically with `iptables-restore --noflush` (all of them or none), the same for ip6tables when it is
 installed. Removal deletes the jumps, flushes and deletes the two chains; it is idempotent. Chains found at start
@@ -48,10 +51,11 @@ class Family:
     name: str  # "IPv4" / "IPv6"
     save: str
     restore: str
+    too_big: str  # the match of the ICMP message reporting a path MTU (RFC 1191 §4, RFC 4443 §3.2)
 
 
-IPV4 = Family("IPv4", "iptables-save", "iptables-restore")
-IPV6 = Family("IPv6", "ip6tables-save", "ip6tables-restore")
+IPV4 = Family("IPv4", "iptables-save", "iptables-restore", "-p icmp --icmp-type fragmentation-needed")
+IPV6 = Family("IPv6", "ip6tables-save", "ip6tables-restore", "-p ipv6-icmp --icmpv6-type packet-too-big")
 
 
 def multiport_specs(ports: tuple[tuple[int, int], ...]) -> list[str]:
@@ -71,7 +75,8 @@ def multiport_specs(ports: tuple[tuple[int, int], ...]) -> list[str]:
     return specs
 
 
-def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False) -> list[str]:
+def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
+               family: Family = IPV4) -> list[str]:
     """The `-A`/`-I` lines (iptables-restore syntax) of the daemon's chains and their jumps, in order."""
     target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
     specs = multiport_specs(ports)
@@ -83,14 +88,17 @@ def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_ope
             lines.extend(f"-A {chain} -p tcp -m multiport --ports {spec} {target}" for spec in specs)
         else:
             lines.append(f"-A {chain} -p tcp {target}")
+        if chain == CHAIN_IN:
+            lines.append(f"-A {chain} {family.too_big} {target}")
     lines.extend(f"-I {hook} 1 -j {chain}" for hook, chain, _ in HOOKS)
     return lines
 
 
-def install_script(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False) -> str:
+def install_script(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
+                   family: Family = IPV4) -> str:
     """iptables-restore --noflush input creating both chains (empty) and their rules, in one transaction."""
     head = ["*filter"] + [f":{chain} - [0:0]" for _hook, chain, _ in HOOKS]
-    return "\n".join(head + rule_lines(queue_num, ports, fail_open) + ["COMMIT", ""])
+    return "\n".join(head + rule_lines(queue_num, ports, fail_open, family) + ["COMMIT", ""])
 
 
 def chains_present(save_output: str) -> set[str]:
@@ -148,9 +156,9 @@ class Rules:
 
     def install(self) -> None:
         """Replace stale chains if any, then add ours atomically per family. On failure nothing of ours is left."""
-        script = install_script(self.queue_num, self.ports, self.fail_open)
         try:
             for fam in self.families:
+                script = install_script(self.queue_num, self.ports, self.fail_open, fam)
                 save = _run([fam.save, "-t", "filter"], fam)
                 stale = removal_script(save)
                 if stale is not None:

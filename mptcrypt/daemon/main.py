@@ -30,6 +30,7 @@ from mptcrypt import __version__
 from mptcrypt.constants import CONTROL_SOCKET
 from mptcrypt.core.config import Config
 from mptcrypt.daemon.control import ControlServer
+from mptcrypt.daemon.icmp_edge import TooBigClamp
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.nfqueue import QueueWorker
 from mptcrypt.daemon.rawsock import RawSocket
@@ -123,7 +124,7 @@ class Daemon:
         if cmd == "sessions":
             return {"ok": True, "sessions": engine.sessions()}
         if cmd == "stats":
-            edge = self.worker.stats() if self.worker is not None else {}
+            edge = {**self.worker.stats(), **self.clamp.counters} if self.worker is not None else {}
             return {"ok": True, "stats": engine.stats(), "edge": edge}
         if cmd == "sid":
             sid = engine.session_id(_addr(request.get("local"), "local"), _addr(request.get("remote"), "remote"))
@@ -149,7 +150,8 @@ class Daemon:
             if self.engine is None:
                 self.engine = make_engine(config)
             raw = RawSocket()
-            worker = self.worker = QueueWorker(self.engine, config.queue_num, raw.send)
+            self.clamp = TooBigClamp(self.engine)  # ICMP "too big" -> MTU minus the MAC option, else the engine
+            worker = self.worker = QueueWorker(self.clamp, config.queue_num, raw.send)
             worker.bind()
             rules = Rules(config.queue_num, config.ports, config.fail_open)
             rules.install()  # last: from here on packets are queued, and we are listening

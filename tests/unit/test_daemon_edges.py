@@ -164,6 +164,7 @@ def test_rules_all_ports_fail_closed():
         "-A MPTC-IN -m mark --mark 0x4d50 -j RETURN",
         "-A MPTC-IN -i lo -j RETURN",
         "-A MPTC-IN -p tcp -j NFQUEUE --queue-num 4242",
+        "-A MPTC-IN -p icmp --icmp-type fragmentation-needed -j NFQUEUE --queue-num 4242",
         "-I OUTPUT 1 -j MPTC-OUT",
         "-I INPUT 1 -j MPTC-IN",
     ]
@@ -176,7 +177,10 @@ def test_rules_ports_and_fail_open():
     assert queued == [
         "-A MPTC-OUT -p tcp -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 7 --queue-bypass",
         "-A MPTC-IN -p tcp -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 7 --queue-bypass",
+        "-A MPTC-IN -p icmp --icmp-type fragmentation-needed -j NFQUEUE --queue-num 7 --queue-bypass",
     ]
+    v6 = iptables.rule_lines(7, family=iptables.IPV6)
+    assert "-A MPTC-IN -p ipv6-icmp --icmpv6-type packet-too-big -j NFQUEUE --queue-num 7" in v6
 
 
 def test_multiport_splits_at_15_slots():
