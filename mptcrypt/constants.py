@@ -51,7 +51,7 @@ class PubCipher(IntEnum):
 
 
 class SymCipher(IntEnum):
-    """Symmetric suites: keystream cipher + 64-bit BLAKE2b MAC (docs/protocol.md §Symmetric)."""
+    """Symmetric suites: the keystream cipher; the MAC is Poly1305-then-AES for both (docs/protocol.md §5)."""
 
     AES128 = 0x01
     CHACHA20 = 0x02

@@ -1,15 +1,19 @@
 """Test vectors of the key schedule and segment protection, as published in docs/protocol.md.
 
-`python -m mptcrypt.crypto.vectors` prints them; tests/unit/test_keyschedule.py pins the same values.
+`python -m mptcrypt.crypto.vectors` prints them; tests/unit/test_keyschedule.py pins the same values, and
+tests/unit/test_segment_cipher.py recomputes the segment from the spec's text with bare primitives.
 """
 
 from __future__ import annotations
+
+import struct
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from mptcrypt.constants import PubCipher, SymCipher
 from mptcrypt.crypto import keyschedule as ks
-from mptcrypt.crypto.protect import MAC_HEADER, DirectionCipher
+from mptcrypt.crypto.segment import PySegmentCipher, SegmentKeys, mac_input, py_assemble
+from mptcrypt.wire.ip import build_ip_header
 
 # RFC 7748 §6.1 private keys (Alice as client, Bob as server)
 CLIENT_X25519 = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
@@ -18,6 +22,20 @@ N_C = bytes(range(32))
 N_S_SERVER = bytes(range(32, 64))
 PUB_LIST = bytes((PubCipher.X25519, PubCipher.P256, PubCipher.RSA2048_E3))
 SYM_LIST = bytes((SymCipher.AES128, SymCipher.CHACHA20))
+
+# The segment (docs/protocol.md §9): a Linux MPTCP data segment's shape, its option area full once the MAC is in.
+SEGMENT_PAYLOAD = b"mptcrypt test vector payload"
+SEGMENT_EXT_SEQ, SEGMENT_EXT_ACK = 0x1_0000_0001, 0x2_0000_0002
+# DSS (RFC 8684 §3.3): flags A, a, M, m (64-bit data ack and DSN), no checksum; 26 bytes, then NOP NOP
+SEGMENT_OPTIONS = bytes.fromhex("1e1a200f" "0000000100000011" "0000000200000022" "00000001" "001c" "0101")
+
+
+def segment_kernel_packet() -> bytes:
+    """The kernel's IPv4 packet 10.0.2.2:40000 -> 10.0.2.1:5000, seq 1, ack 2, ACK|PSH, window 502."""
+    hlen = 20 + len(SEGMENT_OPTIONS)
+    tcp = struct.pack("!HHIIHHHH", 40000, 5000, 1, 2, ((hlen >> 2) << 12) | 0x018, 502, 0, 0) + SEGMENT_OPTIONS
+    packet = build_ip_header(bytes((10, 0, 2, 2)), bytes((10, 0, 2, 1)), len(tcp) + len(SEGMENT_PAYLOAD)) + tcp
+    return py_assemble(packet, 20, SEGMENT_OPTIONS, SEGMENT_PAYLOAD)  # with its TCP checksum
 
 
 def compute() -> dict[str, str]:
@@ -29,12 +47,11 @@ def compute() -> dict[str, str]:
     tr = ks.transcript(PubCipher.X25519, k_c, N_C, PUB_LIST, SYM_LIST, SymCipher.AES128)
     chain = ks.KeyChain(ks.initial_ss(n_s, tr))
     a = ks.direction_secrets(chain.ss(0), True)
-    cipher = DirectionCipher(SymCipher.AES128, a)
-    payload = b"mptcrypt test vector payload"
-    ext_seq, ext_ack = 0x1_0000_0001, 0x2_0000_0002
-    ct = cipher.crypt(ext_seq, payload)
-    hdr = MAC_HEADER.pack(40000, 5000, ext_seq & 0xFFFFFFFFFFFFFFFF, ext_ack, 0x018, 502, 0)
-    tag = cipher.tag(hdr, b"", ct)
+    keys = SegmentKeys(SymCipher.AES128, a)
+    ct = keys.crypt(SEGMENT_EXT_SEQ, SEGMENT_PAYLOAD)
+    off_flags = (((20 + len(SEGMENT_OPTIONS)) >> 2) << 12) | 0x018
+    tag = keys.tag(mac_input(SEGMENT_EXT_SEQ, SEGMENT_EXT_ACK, off_flags, 502, 0, SEGMENT_OPTIONS, ct))
+    wire = PySegmentCipher(SymCipher.AES128, a).seal(segment_kernel_packet(), 20, SEGMENT_EXT_SEQ, SEGMENT_EXT_ACK)
     context = bytes((10, 0, 2, 2)) + (41000).to_bytes(2, "big") + bytes((10, 0, 2, 1)) + (5000).to_bytes(2, "big") \
         + (333).to_bytes(4, "big")
     return {
@@ -44,7 +61,7 @@ def compute() -> dict[str, str]:
         "enc_a[0]": a.enc.hex(), "mac_a[0]": a.mac.hex(), "salt_a[0]": a.salt.hex(),
         "resume_id[1]": ks.resume_id(chain.ss(1)).hex(),
         "nextk1_proof[1]": ks.join_proof(chain.ss(1), False, context).hex(),
-        "segment_ciphertext": ct.hex(), "segment_mac": tag.hex(),
+        "segment_ciphertext": ct.hex(), "segment_mac": tag.hex(), "segment_wire": wire.hex(),
     }
 
 

@@ -30,7 +30,7 @@ from mptcrypt.constants import (
 )
 from mptcrypt.errors import DecodeError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_PKCONF_CIPHERS = 6
 OPTLEN_HELLO = EXP_HEADER_LEN + 2
 OPTLEN_MARKER = EXP_HEADER_LEN + 1
