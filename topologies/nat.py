@@ -17,7 +17,9 @@ Build arguments (`--topo nat,nat=1,double=True`):
 - `mtu1`: MTU of path 1's middle link (home1 <-> nat1 with double=True, else nat1 <-> server): with double=True
   neither end host is on that link, so only Path MTU Discovery (ICMP "fragmentation needed") finds it.
 - `ipv6`: every host also gets IPv6 (fd00:1::/64 ... on the same links, routed; IPv6 has no NAT here).
-- `mptcp_ep`: the client's second path is an MPTCP `subflow` endpoint (default True).
+- `mptcp_ep`: the client's second path is an MPTCP `subflow` endpoint (default True; with ipv6 its IPv6 address too).
+- `signal6`: the server announces fd00:2::1 (an MPTCP `signal` endpoint: ADD_ADDR with an IPv6 address), so an
+  IPv4 connection gets an IPv6 subflow.
 - `strip`: nat1 is also a middlebox stripping option 253 from "syn" segments (SYN and SYN-ACK), "data" (every
   segment without SYN), "all", or "none" (default): `iptables -t mangle -A FORWARD -p tcp [--tcp-flags SYN SYN|NONE]
   -j TCPOPTSTRIP --strip-options 253`.
@@ -45,7 +47,7 @@ def v6(net: int, host: int) -> str:
 
 
 class NatTopo(Topo):
-    def build(self, nat="both", double=False, mtu1=None, ipv6=False, mptcp_ep=True, strip="none"):
+    def build(self, nat="both", double=False, mtu1=None, ipv6=False, mptcp_ep=True, strip="none", signal6=False):
         nat, strip = str(nat), str(strip)
         if nat not in NATS:
             raise ValueError(f"nat={nat!r}: use one of {', '.join(NATS)}")
@@ -56,6 +58,9 @@ class NatTopo(Topo):
         ipv6 = str(ipv6).lower() in ("1", "true", "yes") if not isinstance(ipv6, bool) else ipv6
         mtu1 = int(mtu1) if mtu1 not in (None, "", "None") else None
         endpoints = [{"addr": "192.168.2.2", "dev": "c-eth1", "flags": ["subflow"]}] if mptcp_ep else []
+        if mptcp_ep and ipv6:
+            endpoints.append({"addr": v6(12, 2), "dev": "c-eth1", "flags": ["subflow"]})
+        signal6 = str(signal6).lower() in ("1", "true", "yes") if not isinstance(signal6, bool) else signal6
         client = self.addHost("client", ipv6=ipv6, defaultRoute="via 192.168.1.1", mptcp={"enabled": True, "limits": MPTCP_LIMITS,
                                                            "endpoints": endpoints})
         server_routes = []
@@ -63,8 +68,9 @@ class NatTopo(Topo):
             server_routes.append(f"ip route add 192.168.{path}.0/24 via 10.0.{path}.254")
             if ipv6:
                 server_routes.append(f"ip -6 route add {v6(path + 10, 0)}/64 via {v6(path, 254)}")
+        server_eps = [{"addr": v6(2, 1), "dev": "s-eth1", "flags": ["signal"]}] if ipv6 and signal6 else []
         server = self.addHost("server", ipv6=ipv6, commands=server_routes,
-                              mptcp={"enabled": True, "limits": MPTCP_LIMITS})
+                              mptcp={"enabled": True, "limits": MPTCP_LIMITS, "endpoints": server_eps})
 
         def six(net, host, gw=None):
             if not ipv6:
