@@ -7,6 +7,7 @@ import json
 import sys
 
 from mptcrypt.core.config import Policy
+from mptcrypt.errors import ConfigError
 
 DAEMON_DESCRIPTION = """\
 Run the mptcrypt daemon in the foreground (stop it with Ctrl-C or SIGTERM).
@@ -64,6 +65,14 @@ def register(sub) -> None:
         default=None,
         help="always run the public-key handshake, never resume a cached session (benchmarks, tests)",
     )
+    p.add_argument(
+        "--gateway",
+        action="store_true",
+        help="protect the traffic this router forwards for the networks given with --lan (hosts behind it stay "
+        "unmodified), instead of this host's own connections",
+    )
+    p.add_argument("--lan", action="append", default=[], metavar="CIDR",
+                   help="with --gateway: a network behind this router (repeat for several; IPv4 or IPv6)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -107,7 +116,26 @@ def cmd_daemon(args) -> int:
         args.config, ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
         resume=args.resume,
     )
-    return run_daemon(config, verbose=args.verbose)
+    return run_daemon(config, verbose=args.verbose, gateway_lans=_gateway_lans(args))
+
+
+def _gateway_lans(args) -> tuple[str, ...]:
+    """--gateway --lan CIDR...: the LANs, checked; () without --gateway."""
+    import ipaddress
+
+    if args.lan and not args.gateway:
+        raise ConfigError("--lan only makes sense with --gateway")
+    if not args.gateway:
+        return ()
+    if not args.lan:
+        raise ConfigError("--gateway needs the networks behind this router: --lan 192.168.1.0/24 [--lan ...]")
+    lans = []
+    for lan in args.lan:
+        try:
+            lans.append(str(ipaddress.ip_network(lan, strict=False)))
+        except ValueError as exc:
+            raise ConfigError(f"--lan {lan!r}: {exc}") from None
+    return tuple(lans)
 
 
 def cmd_status(args) -> int:

@@ -23,9 +23,10 @@ MAX_DESTINATIONS = 4096  # remembered lowered path MTUs; beyond this the oldest 
 
 
 class TooBigClamp:
-    def __init__(self, engine, by: int = MAC_OPTION_LEN):
+    def __init__(self, engine, by: int = MAC_OPTION_LEN, resend: bool = True):
         self.engine = engine
         self.by = by
+        self.resend = resend
         self.counters = {"icmp_too_big_lowered": 0, "pmtu_resent_raw": 0}
         self._handle = engine.handle
         self._reported: dict[bytes, int] = {}  # destination -> the path MTU we let the kernel learn for it
@@ -36,7 +37,7 @@ class TooBigClamp:
             if packet[at] == proto:
                 return self._too_big(packet)
         res = self._handle(packet, outbound, now)
-        if outbound and self._reported and res.packet is not None and res.verdict is Verdict.ACCEPT:
+        if outbound and self.resend and self._reported and res.packet is not None and res.verdict is Verdict.ACCEPT:
             limit = self._reported.get(packet[_DST.get(packet[0] >> 4, slice(0, 0))])
             if limit is not None and len(res.packet) > limit:
                 self.counters["pmtu_resent_raw"] += 1

@@ -21,6 +21,22 @@ one). Two chains in the `filter` table, each jumped to from position 1 of its ho
   report by the MAC option's size before its kernel learns it (mptcrypt/wire/icmp.py), else a path with a small MTU
   is a black hole for segments the kernel sized to fit exactly.
 
+Gateway mode (`mptcrypt daemon --gateway --lan CIDR ...`) protects traffic the host FORWARDS for the LANs behind it
+instead, with two chains in the `mangle` table (the engine is direction-agnostic: outbound = from a LAN host toward
+the peer, whatever that peer's gateway is):
+
+    PREROUTING -> MPTC-GW-OUT                       POSTROUTING -> MPTC-GW-IN
+      -d LAN -j RETURN            (per LAN)           -m mark --mark INJECT_MARK -j RETURN
+      -m addrtype --dst-type LOCAL -j RETURN          -d LAN <ICMP too big> -j NFQUEUE (per LAN)
+      -s LAN -p tcp [ports] -j NFQUEUE (per LAN)      -m addrtype --src-type LOCAL -j RETURN
+                                                      -s LAN -j RETURN (per LAN)
+                                                      -d LAN -p tcp [ports] -j NFQUEUE (per LAN)
+
+PREROUTING sees a LAN host's segment before routing and before a MASQUERADE on the same box rewrites it;
+POSTROUTING (mangle runs before nat there) sees segments toward the LAN after conntrack has undone the NAT, so the
+engine sees both directions of a connection under the same LAN-side addresses. Traffic between two LANs of the same
+gateway, to or from the gateway itself, is left alone. The queue worker takes PREROUTING as outbound.
+
 Rules go in atomically with `iptables-restore --noflush` (all of them or none), the same for ip6tables when it is
 installed. Removal deletes the jumps, flushes and deletes the two chains; it is idempotent. Chains found at start
 (a daemon killed with -9 leaves them behind) are stale, since the control socket already proved no other daemon runs
@@ -35,13 +51,17 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from mptcrypt.constants import CHAIN_IN, CHAIN_OUT, INJECT_MARK
+import ipaddress
+
+from mptcrypt.constants import CHAIN_IN, CHAIN_OUT, CHAIN_PREFIX, INJECT_MARK
 from mptcrypt.errors import KernelFeatureError, MptcryptError
 
 log = logging.getLogger("mptcrypt.iptables")
 
 # Hook chain -> our chain, and the interface flag matching loopback in that direction.
 HOOKS = (("OUTPUT", CHAIN_OUT, "-o"), ("INPUT", CHAIN_IN, "-i"))
+CHAIN_GW_OUT, CHAIN_GW_IN = CHAIN_PREFIX + "GW-OUT", CHAIN_PREFIX + "GW-IN"
+GW_HOOKS = (("PREROUTING", CHAIN_GW_OUT, ""), ("POSTROUTING", CHAIN_GW_IN, ""))  # in the mangle table
 MULTIPORT_MAX = 15  # iptables multiport: at most 15 ports per rule, a range counts as two
 COMMAND_TIMEOUT = 30.0
 
@@ -94,25 +114,55 @@ def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_ope
     return lines
 
 
+def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple[int, int], ...] = (),
+                       fail_open: bool = False, family: Family = IPV4) -> list[str]:
+    """The mangle-table lines of gateway mode for the LANs of `family` (see the module docstring)."""
+    target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
+    version = 4 if family is IPV4 else 6
+    mine = [str(ipaddress.ip_network(lan, strict=False)) for lan in lans
+            if ipaddress.ip_network(lan, strict=False).version == version]
+    tcp = [f"-p tcp -m multiport --ports {spec}" for spec in multiport_specs(ports)] or ["-p tcp"]
+    out, into = CHAIN_GW_OUT, CHAIN_GW_IN
+    lines = [f"-A {out} -d {lan} -j RETURN" for lan in mine]
+    lines.append(f"-A {out} -m addrtype --dst-type LOCAL -j RETURN")
+    lines += [f"-A {out} -s {lan} {match} {target}" for lan in mine for match in tcp]
+    lines.append(f"-A {into} -m mark --mark {INJECT_MARK:#x} -j RETURN")
+    lines += [f"-A {into} -d {lan} {family.too_big} {target}" for lan in mine]
+    lines.append(f"-A {into} -m addrtype --src-type LOCAL -j RETURN")
+    lines += [f"-A {into} -s {lan} -j RETURN" for lan in mine]
+    lines += [f"-A {into} -d {lan} {match} {target}" for lan in mine for match in tcp]
+    lines += [f"-I {hook} 1 -j {chain}" for hook, chain, _ in GW_HOOKS]
+    return lines
+
+
 def install_script(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
-                   family: Family = IPV4) -> str:
-    """iptables-restore --noflush input creating both chains (empty) and their rules, in one transaction."""
-    head = ["*filter"] + [f":{chain} - [0:0]" for _hook, chain, _ in HOOKS]
-    return "\n".join(head + rule_lines(queue_num, ports, fail_open, family) + ["COMMIT", ""])
+                   family: Family = IPV4, lans: tuple[str, ...] = ()) -> str:
+    """iptables-restore --noflush input creating both chains (empty) and their rules, in one transaction.
+    With `lans`: gateway mode's chains in the mangle table."""
+    table, hooks = _layout(lans)
+    head = [f"*{table}"] + [f":{chain} - [0:0]" for _hook, chain, _ in hooks]
+    body = gateway_rule_lines(queue_num, lans, ports, fail_open, family) if lans else \
+        rule_lines(queue_num, ports, fail_open, family)
+    return "\n".join(head + body + ["COMMIT", ""])
 
 
-def chains_present(save_output: str) -> set[str]:
-    """Which of our chains an `iptables-save -t filter` dump declares."""
-    ours = {chain for _hook, chain, _ in HOOKS}
+def _layout(lans: tuple[str, ...]) -> tuple[str, tuple]:
+    return ("mangle", GW_HOOKS) if lans else ("filter", HOOKS)
+
+
+def chains_present(save_output: str, hooks: tuple = HOOKS) -> set[str]:
+    """Which of our chains an `iptables-save -t TABLE` dump declares."""
+    ours = {chain for _hook, chain, _ in hooks}
     return {line[1:].split()[0] for line in save_output.splitlines() if line.startswith(":")} & ours
 
 
-def removal_script(save_output: str) -> str | None:
+def removal_script(save_output: str, lans: tuple[str, ...] = ()) -> str | None:
     """iptables-restore --noflush input deleting every jump to our chains, then the chains. None: nothing to do."""
-    present = chains_present(save_output)
+    table, hooks = _layout(lans)
+    present = chains_present(save_output, hooks)
     if not present:
         return None
-    lines = ["*filter"]
+    lines = [f"*{table}"]
     for line in save_output.splitlines():
         parts = line.split()
         # e.g. "-A OUTPUT -j MPTC-OUT" (possibly with counters or extra matches a user added: delete as saved)
@@ -133,10 +183,13 @@ def _jumps_to(parts: list[str], chains: set[str]) -> bool:
 class Rules:
     """The daemon's rules in this network namespace for IPv4 and, when ip6tables exists, IPv6."""
 
-    def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False):
+    def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
+                 lans: tuple[str, ...] = ()):
         self.queue_num = queue_num
         self.ports = ports
         self.fail_open = fail_open
+        self.lans = tuple(lans)  # gateway mode: protect what is forwarded for these networks
+        self.table, self.hooks = _layout(self.lans)
         self.families = self._families()
         self.installed: list[Family] = []
 
@@ -158,14 +211,14 @@ class Rules:
         """Replace stale chains if any, then add ours atomically per family. On failure nothing of ours is left."""
         try:
             for fam in self.families:
-                script = install_script(self.queue_num, self.ports, self.fail_open, fam)
-                save = _run([fam.save, "-t", "filter"], fam)
-                stale = removal_script(save)
+                script = install_script(self.queue_num, self.ports, self.fail_open, fam, self.lans)
+                save = _run([fam.save, "-t", self.table], fam)
+                stale = removal_script(save, self.lans)
                 if stale is not None:
                     log.warning(
                         "replacing stale %s chains %s left by a daemon that did not exit cleanly",
                         fam.name,
-                        ", ".join(sorted(chains_present(save))),
+                        ", ".join(sorted(chains_present(save, self.hooks))),
                     )
                     _run([fam.restore, "-w", "--noflush"], fam, stale)
                 _run([fam.restore, "-w", "--noflush"], fam, script)
@@ -183,7 +236,7 @@ class Rules:
         errors = []
         for fam in self.families:
             try:
-                script = removal_script(_run([fam.save, "-t", "filter"], fam))
+                script = removal_script(_run([fam.save, "-t", self.table], fam), self.lans)
                 if script is not None:
                     _run([fam.restore, "-w", "--noflush"], fam, script)
             except MptcryptError as exc:
@@ -194,7 +247,8 @@ class Rules:
 
     def present(self) -> dict[str, set[str]]:
         """Family name -> which of our chains exist now (for tests and diagnostics)."""
-        return {fam.name: chains_present(_run([fam.save, "-t", "filter"], fam)) for fam in self.families}
+        return {fam.name: chains_present(_run([fam.save, "-t", self.table], fam), self.hooks)
+                for fam in self.families}
 
 
 def _run(argv: list[str], fam: Family, stdin: str | None = None) -> str:

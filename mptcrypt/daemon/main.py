@@ -93,8 +93,10 @@ def _addr(value, what: str) -> tuple[str, int]:
 class Daemon:
     """One daemon in the current network namespace. `run()` blocks until SIGTERM/SIGINT or `request_stop()`."""
 
-    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False):
+    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
+                 gateway_lans: tuple[str, ...] = ()):
         self.config = config
+        self.gateway_lans = tuple(gateway_lans)  # gateway mode: protect forwarded traffic of these LANs
         self.engine = engine
         self.control_name = control_name
         self.verbose = verbose
@@ -119,6 +121,7 @@ class Daemon:
                 "policy": self.config.policy.value,
                 "fail_open": self.config.fail_open,
                 "engine": getattr(engine, "name", type(engine).__name__),
+                "gateway": list(self.gateway_lans),
                 "version": __version__,
             }
         if cmd == "sessions":
@@ -150,21 +153,24 @@ class Daemon:
             if self.engine is None:
                 self.engine = make_engine(config)
             raw = RawSocket()
-            self.clamp = TooBigClamp(self.engine)  # ICMP "too big" -> MTU minus the MAC option, else the engine
+            # ICMP "too big" -> MTU minus the MAC option, else the engine; a router's forwarding path checks the device
+            # MTU, not the learned one, so a gateway need not resend anything through the raw socket
+            self.clamp = TooBigClamp(self.engine, resend=not self.gateway_lans)
             worker = self.worker = QueueWorker(self.clamp, config.queue_num, raw.send)
             worker.bind()
-            rules = Rules(config.queue_num, config.ports, config.fail_open)
+            rules = Rules(config.queue_num, config.ports, config.fail_open, self.gateway_lans)
             rules.install()  # last: from here on packets are queued, and we are listening
             control.attach(selector)
             selector.register(worker.fileno(), selectors.EVENT_READ, lambda _mask: worker.read())
             selector.register(wake_r, selectors.EVENT_READ, lambda _mask: _drain(wake_r))
             log.info(
-                "%s (queue %d, ports %s, policy %s, %s)",
+                "%s (queue %d, ports %s, policy %s, %s%s)",
                 READY_MARKER,
                 config.queue_num,
                 format_ports(config.ports),
                 config.policy.value,
                 "fail-open" if config.fail_open else "fail-closed",
+                f", gateway for {', '.join(self.gateway_lans)}" if self.gateway_lans else "",
             )
             worker.tick()
             self._loop(selector, worker, control)
@@ -245,7 +251,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("mptcrypt").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_daemon(config: Config, verbose: bool = False) -> int:
+def run_daemon(config: Config, verbose: bool = False, gateway_lans: tuple[str, ...] = ()) -> int:
     """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0."""
     if os.geteuid() != 0:
         raise NotRootError(
@@ -253,7 +259,7 @@ def run_daemon(config: Config, verbose: bool = False) -> int:
             "run `sudo mptcrypt daemon`, or `sudo ip netns exec NS mptcrypt daemon` for a namespace"
         )
     setup_logging(verbose)
-    return Daemon(config, verbose=verbose).run()
+    return Daemon(config, verbose=verbose, gateway_lans=gateway_lans).run()
 
 
 # --- for tests and scripts: a daemon in a network namespace ------------------------------------------------------

@@ -192,6 +192,26 @@ def test_multiport_splits_at_15_slots():
     assert iptables.multiport_specs(()) == []
 
 
+def test_gateway_rules_queue_forwarded_lan_traffic_by_family():
+    lans = ("192.168.10.0/24", "fd00:11::/64")
+    v4 = iptables.gateway_rule_lines(5, lans, ((80, 80),))
+    assert "-A MPTC-GW-OUT -s 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5" in v4
+    assert "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5" in v4
+    assert v4.index("-A MPTC-GW-OUT -d 192.168.10.0/24 -j RETURN") < v4.index(
+        "-A MPTC-GW-OUT -s 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5")  # LAN to LAN
+    assert v4[-2:] == ["-I PREROUTING 1 -j MPTC-GW-OUT", "-I POSTROUTING 1 -j MPTC-GW-IN"]
+    assert not any("fd00" in line for line in v4)
+    v6 = iptables.gateway_rule_lines(5, lans, family=iptables.IPV6)
+    assert "-A MPTC-GW-IN -d fd00:11::/64 -p ipv6-icmp --icmpv6-type packet-too-big -j NFQUEUE --queue-num 5" in v6
+    script = iptables.install_script(5, lans=lans)
+    assert script.startswith("*mangle\n:MPTC-GW-OUT - [0:0]\n:MPTC-GW-IN - [0:0]\n")
+    saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:MPTC-GW-OUT - [0:0]\n:MPTC-GW-IN - [0:0]\n" \
+            "-A PREROUTING -j MPTC-GW-OUT\n-A POSTROUTING -j MPTC-GW-IN\nCOMMIT\n"
+    removal = iptables.removal_script(saved, lans).splitlines()
+    assert removal[:3] == ["*mangle", "-D PREROUTING -j MPTC-GW-OUT", "-D POSTROUTING -j MPTC-GW-IN"]
+    assert iptables.removal_script(saved) is None  # host-mode chains live in the filter table
+
+
 def test_install_script_is_one_transaction():
     script = iptables.install_script(4242, ((443, 443),))
     lines = script.splitlines()
@@ -529,21 +549,23 @@ def test_cli_daemon_options_reach_the_config(monkeypatch):
     seen = {}
     import mptcrypt.daemon.main as main_mod
 
-    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False: seen.update(c=config, v=verbose) or 0)
+    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False, **kw: seen.update(c=config, v=verbose, **kw) or 0)
     argv = ["daemon", "--ports", "22,443", "--policy", "required", "--queue-num", "9", "--fail-open", "-v"]
     assert cli.main(argv) == 0
     cfg = seen["c"]
     assert cfg.ports == ((22, 22), (443, 443)) and cfg.policy.value == "required"
     assert cfg.queue_num == 9 and cfg.fail_open is True and seen["v"] is True
     assert cli.main(["daemon"]) == 0
-    assert seen["c"].fail_open is False and seen["c"].ports == ()
+    assert seen["c"].fail_open is False and seen["c"].ports == () and seen["gateway_lans"] == ()
+    assert cli.main(["daemon", "--gateway", "--lan", "192.168.10.7/24", "--lan", "fd00:11::/64"]) == 0
+    assert seen["gateway_lans"] == ("192.168.10.0/24", "fd00:11::/64")
 
 
 def test_cli_config_file_and_override(monkeypatch, tmp_path):
     seen = {}
     import mptcrypt.daemon.main as main_mod
 
-    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False: seen.update(c=config) or 0)
+    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False, **kw: seen.update(c=config) or 0)
     path = tmp_path / "m.toml"
     path.write_text('ports = "80"\nfail_open = true\npolicy = "off"\n')
     assert cli.main(["daemon", "--config", str(path), "--policy", "required"]) == 0
@@ -556,6 +578,9 @@ def test_cli_config_file_and_override(monkeypatch, tmp_path):
         (["daemon", "--ports", "80,99999"], 2, "mptcrypt: error: bad port range '99999'"),
         (["daemon", "--config", "/nonexistent/m.toml"], 2, "config file /nonexistent/m.toml not found"),
         (["daemon", "--queue-num", "70000"], 2, "queue_num must be between 0 and 65534"),
+        (["daemon", "--gateway"], 2, "--gateway needs the networks behind this router"),
+        (["daemon", "--lan", "10.0.0.0/8"], 2, "--lan only makes sense with --gateway"),
+        (["daemon", "--gateway", "--lan", "10.0.0.300/8"], 2, "--lan '10.0.0.300/8'"),
     ],
 )
 def test_cli_config_errors_are_clean(capsys, argv, code, message):
