@@ -33,6 +33,8 @@ examples:
 
 FIRST_COLUMNS = ("local", "remote", "state", "pub_cipher", "sym_cipher", "sid", "resumed")
 SUBFLOWS_KEY = "subflows"
+# The daemon sees addresses as they arrive: behind a NAT, the remote is the NAT's address and port, not the peer's.
+COLUMN_LABELS = {"remote": "peer-as-seen"}
 
 
 def register(sub) -> None:
@@ -166,7 +168,7 @@ def cmd_sessions(args) -> int:
         print("no sessions")
         return 0
     columns, table = session_table(rows)
-    _print_table(columns, table)
+    _print_table([COLUMN_LABELS.get(c, c) for c in columns], table)
     return 0
 
 

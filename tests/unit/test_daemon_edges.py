@@ -635,7 +635,7 @@ def test_cli_status_sessions_stats(daemon_server, capsys):
     assert f"pid {os.getpid()}" in out and "ports 80,5000-5100" in out and "fail-closed" in out
     assert cli.main(["sessions"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["local", "remote", "state", "sid", "resumed", "mptcp", "index"]
+    assert lines[0].split() == ["local", "peer-as-seen", "state", "sid", "resumed", "mptcp", "index"]
     assert lines[1].split()[:3] == ["10.0.0.1:40000", "10.0.0.2:80", "ESTABLISHED"] and "abababababababab" in lines[1]
     assert lines[2].startswith("  └ 10.0.1.1:40001")
     assert cli.main(["sessions", "--json"]) == 0
