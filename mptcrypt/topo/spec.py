@@ -274,36 +274,30 @@ def apply_shaping(shaping: Shaping, params: dict, where: str) -> Shaping:
 
 
 def parse_ipv4_cidr(value: Any, what: str) -> ipaddress.IPv4Interface:
+    return _parse_cidr(value, what, 4)
+
+
+def parse_ipv6_cidr(value: Any, what: str) -> ipaddress.IPv6Interface:
+    return _parse_cidr(value, what, 6)
+
+
+def _parse_cidr(value: Any, what: str, version: int) -> Any:
     text = str(value)
     if "/" not in text:
-        raise ConfigError(f"{what}: give the prefix length, e.g. '{text}/24'")
+        raise ConfigError(f"{what}: give the prefix length, e.g. '{text}/{24 if version == 4 else 64}'")
     try:
         addr = ipaddress.ip_interface(text)
     except ValueError as exc:
         raise ConfigError(f"{what}: {exc}") from None
-    if not isinstance(addr, ipaddress.IPv4Interface):
-        raise ConfigError(f"{what}: only IPv4 addresses are supported, got {text!r}")
+    if addr.version != version:
+        raise ConfigError(f"{what}: expected an IPv{version} address, got {text!r}")
     return addr
 
 
 def parse_ipv4(value: Any, what: str) -> ipaddress.IPv4Address:
-    try:
-        addr = ipaddress.ip_address(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
+    addr = parse_ip(value, what)
     if not isinstance(addr, ipaddress.IPv4Address):
         raise ConfigError(f"{what}: only IPv4 is supported, got {value!r}")
-    return addr
-
-
-def parse_ipv6_cidr(value: Any, what: str) -> ipaddress.IPv6Interface:
-    text = str(value)
-    if "/" not in text:
-        raise ConfigError(f"{what}: give the prefix length, e.g. '{text}/64'")
-    try:
-        addr = ipaddress.IPv6Interface(text)
-    except ValueError as exc:
-        raise ConfigError(f"{what}: expected an IPv6 address: {exc}") from None
     return addr
 
 
