@@ -213,8 +213,8 @@ def parse_scenario(data: dict[str, Any], name: str, path: str | None = None) -> 
     if direction not in DIRECTIONS:
         raise ConfigError(f"{what}: direction must be 'up' (mobile -> server) or 'down', got {direction!r}")
     topo = data.get("topo", {})
-    if not isinstance(topo, dict) or set(topo) - {"wifi_bw", "lte_bw", "wifi_loss", "lte_loss"}:
-        raise ConfigError(f"{what}: topo takes wifi_bw, lte_bw (Mbit/s), wifi_loss, lte_loss (%)")
+    if not isinstance(topo, dict) or set(topo) - {"wifi_bw", "lte_bw", "wifi_loss", "lte_loss", "nat"}:
+        raise ConfigError(f"{what}: topo takes wifi_bw, lte_bw (Mbit/s), wifi_loss, lte_loss (%), nat (bool)")
     setup = [parse_event(e, f"{what}: setup[{i}]", False, duration) for i, e in enumerate(data.get("setup", []))]
     events = [parse_event(e, f"{what}: events[{i}]", True, duration) for i, e in enumerate(data.get("events", []))]
     if not events:
