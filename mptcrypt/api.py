@@ -16,6 +16,8 @@ import socket
 
 from mptcrypt.daemon.control import ControlClient
 
+IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)  # Python < 3.10 lacks the name
+
 __all__ = ["session_id", "session_id_for", "sessions", "stats"]
 
 
@@ -31,10 +33,17 @@ def _endpoint(addr) -> tuple[str, int]:
 def session_id(sock: socket.socket, *, timeout: float = 5.0, control: str | None = None) -> bytes | None:
     """The mptcrypt session ID of a connected TCP or MPTCP socket, None if the daemon does not protect it.
 
-    Raises OSError (ENOTCONN) for an unconnected socket, ValueError for a non-IP one, DaemonNotRunning when no
-    daemon runs in this network namespace."""
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"session_id() needs an IPv4 or IPv6 socket, not {sock.family!r}")
+    Raises TypeError for anything but a TCP/MPTCP socket.socket (a UDP or Unix socket, a file descriptor), OSError
+    (ENOTCONN) for an unconnected one, DaemonNotRunning when no daemon runs in this network namespace."""
+    if not isinstance(sock, socket.socket):
+        hint = "; wrap a file descriptor with socket.socket(fileno=fd)" if isinstance(sock, int) else ""
+        raise TypeError(f"session_id() needs a connected TCP or MPTCP socket.socket, not {type(sock).__name__}{hint}")
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM \
+            or sock.proto not in (0, socket.IPPROTO_TCP, IPPROTO_MPTCP):
+        raise TypeError(
+            f"session_id() needs a TCP or MPTCP socket (AF_INET/AF_INET6, SOCK_STREAM), not {sock.family.name}/"
+            f"{sock.type.name} protocol {sock.proto}"
+        )
     remote = sock.getpeername()  # raises OSError(ENOTCONN) first, the clearest error for an unconnected socket
     return session_id_for(_endpoint(sock.getsockname()), _endpoint(remote), timeout=timeout, control=control)
 

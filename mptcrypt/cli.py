@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from mptcrypt import __version__
 from mptcrypt.errors import MptcryptError
 
 # Subcommand modules: each has register(subparsers) that adds its parser(s) and sets `func`.
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `mptcrypt COMMAND --help` for the options of one command.",
     )
+    parser.add_argument("--version", action="version", version=f"mptcrypt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import importlib
 

@@ -1,6 +1,6 @@
 """The main job: mptcrypt on an emulated two-path network, shown end to end.
 
-    sudo python -m mptcrypt.demo            (or `make demo` on a fresh machine)
+    python -m mptcrypt.demo            (as root; or `make demo` on a fresh machine)
 
 Brings up topologies/two_path.py, starts a daemon on the client and on the server, captures both links, sends
 16 MiB over one MPTCP connection (two subflows), then shows: the connection on each host with its two protected
@@ -28,13 +28,14 @@ FALLBACKS = ("MPTcpExtMPCapableFallbackACK", "MPTcpExtMPCapableFallbackSYNACK", 
              "MPTcpExtMPCapableDataFallback")
 
 
-def _json(node, *args):
-    return json.loads(node.run([PY, "-m", "mptcrypt", *args, "--json"]).stdout)
+def _json(node, what):
+    """`mptcrypt sessions|stats --json` in the node's namespace -> its rows / counters."""
+    return json.loads(node.run([PY, "-m", "mptcrypt", what, "--json"]).stdout)[what]
 
 
 def _pcap_summary(path: str, port: int) -> dict:
     """Packets of the connection on one link: how many carry payload, how many a MAC option, marker seen?"""
-    from mptcrypt.wire.pcap import tcp_packets
+    from mptcrypt.tools.pcap import tcp_packets
 
     data = Path(path).read_bytes()
     out = {"packets": 0, "with_payload": 0, "with_mac": 0, "unprotected_data": 0, "marker_seen": MARKER in data}
@@ -51,7 +52,7 @@ def _pcap_summary(path: str, port: int) -> dict:
 
 
 def run(nbytes: int, console) -> int:
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo, mptcp_counters
 
     topo, *_ = load_topo(str(REPO / "topologies" / "two_path.py"))
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--mib", type=int, default=16, help="MiB to send (default 16)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
-        print("mptcrypt demo: needs root (network namespaces, iptables): run it with sudo", file=sys.stderr)
+        print("mptcrypt demo: needs root (network namespaces, iptables): run it as root", file=sys.stderr)
         return 77
     from rich.console import Console
 

@@ -1,15 +1,42 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for mptcrypt, as root, idempotently: the system packages the daemon, the
-# topologies and the tests use, then the project's virtualenv (.venv) with the package installed editable.
+# topologies, the demo, the benchmarks and the tests run, then the project's virtualenv (.venv) with the package
+# installed editable (and its `dev` extra: pytest, hypothesis, ...), then `mptcrypt` on PATH. It ends by checking
+# that every program the project starts is there, and fails with the list of what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 
-# iproute2/iptables: namespaces, veth, NFQUEUE rules; libnetfilter-queue-dev + build-essential: netfilterqueue's
-# build; tcpdump/tshark: captures and the independent MPTCP decoder; mptcpd: mptcpize; iperf3/curl: unmodified
-# tools over MPTCP; mininet: its Python library (the topology files load with the real mininet.topo.Topo);
-# iputils-ping: reachability and loss tests of the topologies; python3-venv: the venv when python3 is Debian's.
-APT_PACKAGES=(iproute2 iptables libnetfilter-queue-dev build-essential tcpdump tshark mptcpd mptcpize iperf3 curl ethtool mininet
-              iputils-ping python3-venv)
+# Debian packages, one a line, with what needs them (keep it one list: other changes add lines here).
+APT_PACKAGES=(
+  iproute2                # ip (netns, link, addr, route, mptcp), ss, tc: topologies, daemon tests, handover
+  iptables                # iptables/ip6tables(-save/-restore): the daemon's NFQUEUE chains, loss, attack rules
+  procps                  # sysctl: the downgrade attack's bridge-nf switch, the codec cross-check
+  libnetfilter-queue-dev  # netfilterqueue's build (pip)
+  build-essential         # gcc for netfilterqueue's build
+  python3-venv            # the venv, when python3 is Debian's
+  tcpdump                 # captures: demo, daemon and handover tests, codec cross-check
+  tshark                  # the independent MPTCP decoder of the codec cross-check
+  mptcpize                # unmodified tools over MPTCP (Debian 12 ships it apart from mptcpd)
+  mptcpd                  # the MPTCP path manager daemon, for trying configurations by hand
+  curl                    # an unmodified client through mptcpize (daemon end-to-end test)
+  iperf3                  # unmodified bulk transfer over MPTCP, for measuring by hand (mptcpize run iperf3 ...)
+  ethtool                 # offload settings of the emulated links, for measuring by hand
+  iputils-ping            # ping: reachability and loss tests of the topologies
+  mininet                 # its Python library: topology files also load with the real mininet.topo.Topo
+)
+
+# Every program the code, tests, benchmarks, demo or CLI start (subprocess, `ip netns exec`, node.run/cmd/popen),
+# with the package that has it. setup fails if one is missing after the install.
+REQUIRED_COMMANDS=(
+  ip ss tc                                                            # iproute2
+  iptables iptables-save iptables-restore                             # iptables
+  ip6tables ip6tables-save ip6tables-restore                          # iptables
+  sysctl                                                              # procps
+  gcc                                                                 # build-essential
+  tcpdump tshark mptcpize curl ping                                   # their packages
+  sh cat sleep                                                        # base system
+)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,6 +47,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: missing system packages (${missing[*]}); run as root" >&2
     exit 77
   fi
+  echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
@@ -31,9 +59,36 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import mptcrypt, netfilterqueue, pyroute2, cryptography, hypothesis, scapy, rich, matplotlib" 2>/dev/null \
+if ! .venv/bin/python -c "import mptcrypt, netfilterqueue, pyroute2, cryptography, pytest, hypothesis, scapy, rich, matplotlib" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.mptcrypt-installed ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   touch .venv/.mptcrypt-installed
 fi
-echo "setup: ready (.venv/bin/python, $(.venv/bin/python --version))"
+
+absent=()
+for cmd in "${REQUIRED_COMMANDS[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || absent+=("$cmd")
+done
+[ -x .venv/bin/mptcrypt ] || absent+=(".venv/bin/mptcrypt")
+if [ "${#absent[@]}" -gt 0 ]; then
+  echo "setup: still missing after the install: ${absent[*]} (APT_PACKAGES above says which package has each)" >&2
+  exit 1
+fi
+
+# `mptcrypt` on PATH: a link in /usr/local/bin to this checkout's entry point. Made when absent, renewed when it is
+# ours or dangling (a deleted checkout); anything else there (a file, a link to another live checkout) is left alone.
+LINK=/usr/local/bin/mptcrypt
+TARGET=$ROOT/.venv/bin/mptcrypt
+where="$LINK -> $TARGET"
+if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$TARGET" ]; then
+  :
+elif { [ ! -e "$LINK" ] && [ ! -L "$LINK" ]; } || { [ -L "$LINK" ] && [ ! -e "$LINK" ]; }; then
+  if ln -sfn "$TARGET" "$LINK" 2>/dev/null; then
+    :
+  else
+    where="$TARGET (could not link $LINK: not root?)"
+  fi
+else
+  where="$TARGET ($LINK is $(readlink -f "$LINK"), not this checkout's: left alone; replace it with ln -sfn $TARGET $LINK)"
+fi
+echo "setup: ready (.venv/bin/python, $(.venv/bin/python --version)); mptcrypt is $where"

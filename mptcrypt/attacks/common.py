@@ -8,8 +8,8 @@ in-window segments. Frames are sent on the attacker's own interface with AF_PACK
 own iptables (which drops the RSTs its kernel would send for connections it does not know).
 
 Packets are crafted with scapy (Ether/IP/TCP with raw option tuples); MPTCP options are encoded and their HMACs
-computed with `mptcrypt.wire.mptcp`. Sniffed frames are decoded here with `struct` (scapy is too slow to decode
-every frame of a transfer).
+computed with `mptcrypt.wire.mptcp`. Sniffed frames are decoded with `mptcrypt.wire.segment`, the engine's own
+parser (scapy is too slow to decode every frame of a transfer).
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from mptcrypt.constants import MAC_OPTION_LEN, MPTCRYPT_EXID, TCPOPT_EXP, TCPOPT_MPTCP, TCPOPT_TIMESTAMP
+from mptcrypt.constants import MAC_OPTION_LEN, MPTCRYPT_EXID, TCPOPT_EOL, TCPOPT_EXP, TCPOPT_MPTCP, TCPOPT_NOP, TCPOPT_TIMESTAMP
 from mptcrypt.errors import DecodeError
-from mptcrypt.wire.mptcp import Has, MptcpOption, Subtype, encode_mptcp, mptcp_idsn, mptcp_token, parse_mptcp
+from mptcrypt.wire.messages import is_mptcrypt_option
+from mptcrypt.wire.mptcp import Has, MptcpOption, Subtype, encode_mptcp, mptcp_idsn, mptcp_token
+from mptcrypt.wire.segment import parse_segment
+from mptcrypt.wire.tcp import TCPOLEN_TIMESTAMP, option_value
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -43,7 +46,6 @@ INJECT_MARK = b"INJECTED-BY-ATTACKER"
 RECORD_RE = re.compile(rb"MPTC-(UP|DN)-(\d{8}):")
 
 _ETH = struct.Struct("!6s6sH")
-_TCP = struct.Struct("!HHIIHH")
 U32 = 1 << 32
 
 
@@ -91,52 +93,30 @@ class Seg:
 
 
 def parse_frame(frame: bytes, t: float | None = None) -> Seg | None:
-    """Ethernet + IPv4 + TCP -> Seg; anything else -> None."""
+    """Ethernet + IPv4 + TCP -> Seg; anything else -> None (headers read by `wire.segment`)."""
     if len(frame) < 54:
         return None
     eth_dst, eth_src, etype = _ETH.unpack_from(frame, 0)
     if etype != ETH_P_IP:
         return None
-    ip = frame[14:]
-    if ip[0] >> 4 != 4 or ip[9] != 6:
+    try:
+        seg = parse_segment(frame[14:])
+        if seg is None or seg.version != 4:
+            return None
+        tcp_opts = seg.tcp_options()
+    except DecodeError:
         return None
-    ihl = (ip[0] & 0x0F) * 4
-    total = struct.unpack_from("!H", ip, 2)[0]
-    ip = ip[:total]
-    if len(ip) < ihl + 20:
-        return None
-    sport, dport, seq, ack, off_flags, window = _TCP.unpack_from(ip, ihl)
-    hlen = (off_flags >> 12) * 4
-    raw_opts = ip[ihl + 20:ihl + hlen]
-    opts: list[tuple[int, bytes]] = []
-    i = 0
-    while i < len(raw_opts):
-        kind = raw_opts[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= len(raw_opts) or raw_opts[i + 1] < 2:
-            break
-        length = raw_opts[i + 1]
-        opts.append((kind, bytes(raw_opts[i:i + length])))
-        i += length
-    mptcp, ts, mptcrypt = [], None, False
-    for kind, whole in opts:
-        if kind == TCPOPT_MPTCP:
-            try:
-                mptcp.append(parse_mptcp(whole))
-            except DecodeError:
-                pass
-        elif kind == TCPOPT_TIMESTAMP and len(whole) == 10:
-            ts = struct.unpack_from("!II", whole, 2)
-        elif kind == TCPOPT_EXP and whole[2:4] == EXID:
+    opts = [(o.kind, o.encode()) for o in tcp_opts if o.kind not in (TCPOPT_EOL, TCPOPT_NOP)]
+    ts, mptcrypt = None, False
+    for o in tcp_opts:
+        if o.kind == TCPOPT_TIMESTAMP and o.size == TCPOLEN_TIMESTAMP:
+            ts = option_value(o)
+        elif is_mptcrypt_option(o.kind, o.data):
             mptcrypt = True
-    mac = hlen - 20 >= MAC_OPTION_LEN and bytes(ip[ihl + hlen - MAC_OPTION_LEN:ihl + hlen - 8]) == MAC_PREFIX
     return Seg(
-        time.time() if t is None else t, eth_src, eth_dst, socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20]),
-        sport, dport, seq, ack, off_flags & 0x3F, window, opts, bytes(ip[ihl + hlen:]), mptcp, mptcrypt, mac, ts,
+        time.time() if t is None else t, eth_src, eth_dst, socket.inet_ntoa(seg.src), socket.inet_ntoa(seg.dst),
+        seg.sport, seg.dport, seg.seq, seg.ack, seg.flags & 0x3F, seg.window, opts, seg.payload(), seg.mptcp(),
+        mptcrypt, seg.has_mac(), ts,
     )
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import select
 import signal
-import struct
 import subprocess
 import sys
 
@@ -52,33 +51,18 @@ def policy(variant: str | None) -> str:
 
 def strip_mptcrypt(packet: bytes) -> tuple[bytes, int]:
     """IPv4/TCP packet -> (packet with every mptcrypt option replaced by NOPs, number of options replaced)."""
-    from mptcrypt.constants import MPTCRYPT_EXID, TCPOPT_EXP
-    from mptcrypt.wire.checksum import tcp_checksum
+    from mptcrypt.errors import DecodeError
+    from mptcrypt.wire.messages import is_mptcrypt_option
+    from mptcrypt.wire.rewrite import blank_options
+    from mptcrypt.wire.segment import parse_segment
 
-    buf = bytearray(packet)
-    ihl = (buf[0] & 0x0F) * 4
-    hlen = (buf[ihl + 12] >> 4) * 4
-    i, end, n = ihl + 20, ihl + hlen, 0
-    exid = struct.pack("!H", MPTCRYPT_EXID)
-    while i < end:
-        kind = buf[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        length = buf[i + 1] if i + 1 < end else 0
-        if length < 2:
-            break
-        if kind == TCPOPT_EXP and bytes(buf[i + 2:i + 4]) == exid:
-            buf[i:i + length] = b"\x01" * length
-            n += 1
-        i += length
-    if n:
-        buf[ihl + 16:ihl + 18] = b"\0\0"
-        csum = tcp_checksum(bytes(buf[12:16]), bytes(buf[16:20]), bytes(buf[ihl:]))
-        struct.pack_into("!H", buf, ihl + 16, csum)
-    return bytes(buf), n
+    try:
+        seg = parse_segment(packet)
+        if seg is None:
+            return packet, 0
+        return blank_options(seg, lambda o: is_mptcrypt_option(o.kind, o.data))
+    except DecodeError:
+        return packet, 0
 
 
 def middlebox(args) -> dict:

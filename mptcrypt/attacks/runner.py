@@ -182,7 +182,7 @@ class Daemons:
         self.stop()
         if policy is None:
             return
-        from mptcrypt.daemon.main import spawn_in_netns
+        from mptcrypt.topo.daemons import spawn_in_netns
 
         for host in (CLIENT, SERVER):
             self.procs[host] = spawn_in_netns(self.net[host].ns, "--policy", policy)
@@ -190,7 +190,7 @@ class Daemons:
         self.log(f"  daemons up in client and server (policy {policy})")
 
     def stop(self) -> None:
-        from mptcrypt.daemon.main import stop
+        from mptcrypt.topo.daemons import stop
 
         for host, proc in list(self.procs.items()):
             try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from mptcrypt.crypto.keyschedule import KeyChain, direction_secrets
-from mptcrypt.crypto.protect import DirectionCipher
+from mptcrypt.crypto.segment import SegmentCipher
 from mptcrypt.core.state import State
 
 FlowKey = tuple  # (local addr bytes, local port, remote addr bytes, remote port)
@@ -93,20 +93,41 @@ class Connection:
         self.subflows: list[Subflow] = []
         self.mptcp = False
         self.keys: dict[str, bytes] = {}  # MP_CAPABLE keys: "local" and/or "remote"
-        self.tokens: list[bytes] = []
+        self.tokens: list[int] = []
         self.pk_ops = 0
 
 
+class Handshake:
+    """A subflow's handshake scratch: held segments, the INIT message and its timer, the client's key pair.
+    Nothing on the hot path reads it."""
+
+    __slots__ = ("held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "client_key", "n_c",
+                 "pub_list", "pub_cipher", "mptcp_keys")
+
+    def __init__(self):
+        self.held: list[bytes] = []
+        self.held_joins: list[bytes] = []  # join SYNs of this connection sent before its keys existed
+        self.init_msg = None  # INIT1 (client) or INIT2 (server) payload, for retransmission
+        self.init_segment = None
+        self.timer: float | None = None
+        self.rto = 0.0
+        self.tries = 0
+        self.client_key = None
+        self.n_c = b""
+        self.pub_list = b""
+        self.pub_cipher = None
+        self.mptcp_keys: dict[str, bytes] = {}  # MP_CAPABLE keys seen in the SYN/SYN-ACK, before the session exists
+
+
 class Subflow:
-    """One TCP flow as this host sees it. The hot path reads tx/rx and the sequence references only."""
+    """One TCP flow as this host sees it. The hot path reads tx/rx, the sequence references and counters only;
+    handshake scratch lives in `hs`."""
 
     __slots__ = (
         "key", "state", "initiator", "policy", "conn", "index", "tx", "rx",
-        "isn_local", "isn_remote", "out_ref", "in_ref",
-        "held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "confirmed",
-        "client_key", "n_c", "pub_list", "pub_cipher", "sym_cipher",
-        "mptcp", "mptcp_keys", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
-        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason",
+        "isn_local", "isn_remote", "out_ref", "in_ref", "confirmed", "hs",
+        "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
+        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops",
     )
 
     def __init__(self, key: FlowKey, initiator: bool, policy, now: float):
@@ -116,25 +137,13 @@ class Subflow:
         self.policy = policy
         self.conn: Connection | None = None
         self.index = 0
-        self.tx: DirectionCipher | None = None
-        self.rx: DirectionCipher | None = None
+        self.tx: SegmentCipher | None = None
+        self.rx: SegmentCipher | None = None
         self.isn_local = self.isn_remote = None
         self.out_ref = self.in_ref = 0
-        self.held: list[bytes] = []
-        self.held_joins: list[bytes] = []  # join SYNs of this connection sent before its keys existed
-        self.init_msg = None  # INIT1 (client) or INIT2 (server) payload, for retransmission
-        self.init_segment = None
-        self.timer: float | None = None
-        self.rto = 0.0
-        self.tries = 0
         self.confirmed = True  # server: False until a MAC'd segment proves the client has the keys
-        self.client_key = None
-        self.n_c = b""
-        self.pub_list = b""
-        self.pub_cipher = None
-        self.sym_cipher = None
+        self.hs = Handshake()
         self.mptcp = False
-        self.mptcp_keys: dict[str, bytes] = {}  # MP_CAPABLE keys seen in the SYN-ACK, before the session exists
         self.join = False
         self.addr_id = None
         self.backup = False
@@ -144,14 +153,14 @@ class Subflow:
         self.bytes_out = self.bytes_in = self.segments_out = self.segments_in = 0
         self.resumed = False  # keyed by NEXTK1/NEXTK2 on a new connection (index = the resumed ss[i])
         self.plain_reason = ""
+        self.pk_ops = 0  # public-key operations done while handling this subflow's segments
 
     def set_keys(self, conn: Connection, index: int, sym_cipher) -> None:
         self.conn = conn
         self.index = index
         ss = conn.session.chain.ss(index)
-        self.sym_cipher = sym_cipher
-        self.tx = DirectionCipher(sym_cipher, direction_secrets(ss, self.initiator))
-        self.rx = DirectionCipher(sym_cipher, direction_secrets(ss, not self.initiator))
+        self.tx = SegmentCipher(sym_cipher, direction_secrets(ss, self.initiator))
+        self.rx = SegmentCipher(sym_cipher, direction_secrets(ss, not self.initiator))
         if self not in conn.subflows:
             conn.subflows.append(self)
 

@@ -9,6 +9,10 @@ connection, or an MP_JOIN subflow. `transition` raises IllegalTransition for any
     SYN_SENT_NEXTK1 --NEXTK2--> ENCRYPTING             NEXTK1_RCVD --SYN-ACK out (NEXTK2)--> ENCRYPTING
     SYN_SENT_* --plain SYN-ACK--> PLAIN (or REFUSED under policy `required`)
     any live state --FIN both ways / RST--> CLOSED (keys kept for `closed_linger` so late segments verify)
+
+Everything that decides whether an event is legal lives here (h11's rule): the engine's phase modules ask
+`allowed` / the predicates below, and `advance(sf, event)` validates the event and enters the next state BEFORE
+the phase performs the updates the event triggers. `advance` is the only code that assigns `Subflow.state`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Ev(Enum):
     SEND_SYN_NEXTK1 = "send SYN+NEXTK1"
     RECV_SYN_HELLO = "recv SYN+HELLO"
     RECV_SYN_NEXTK1 = "recv SYN+NEXTK1"
+    RECV_SYN_PLAIN = "recv SYN without HELLO (opportunistic)"
     RECV_SYNACK_PKCONF = "recv SYN-ACK+PKCONF"
     RECV_SYNACK_NEXTK2 = "recv SYN-ACK+NEXTK2"
     RECV_SYNACK_PLAIN = "recv plain SYN-ACK"
@@ -59,7 +64,9 @@ TRANSITIONS: dict[tuple[State | None, Ev], State] = {
     (None, E.SEND_SYN_NEXTK1): S.SYN_SENT_NEXTK1,
     (None, E.RECV_SYN_HELLO): S.HELLO_RCVD,
     (None, E.RECV_SYN_NEXTK1): S.NEXTK1_RCVD,
+    (None, E.RECV_SYN_PLAIN): S.PLAIN,
     (None, E.REFUSE): S.REFUSED,
+    (None, E.GIVE_UP): S.FAILED,  # a join whose key chain is exhausted
     (S.SYN_SENT_HELLO, E.SEND_SYN_HELLO): S.SYN_SENT_HELLO,  # kernel SYN retransmission
     (S.SYN_SENT_NEXTK1, E.SEND_SYN_NEXTK1): S.SYN_SENT_NEXTK1,
     (S.SYN_SENT_HELLO, E.RECV_SYNACK_PKCONF): S.INIT1_SENT,
@@ -83,6 +90,7 @@ TRANSITIONS: dict[tuple[State | None, Ev], State] = {
     (S.ENCRYPTING, E.SEND_SYNACK_PKCONF): S.ENCRYPTING,
     (S.ENCRYPTING, E.RECV_INIT1): S.ENCRYPTING,  # duplicate INIT1: INIT2 is sent again
     (S.ENCRYPTING, E.CLOSE): S.CLOSED,
+    (S.ENCRYPTING, E.GIVE_UP): S.FAILED,  # responder: INIT2 never confirmed by a MAC'd segment
     (S.PLAIN, E.CLOSE): S.CLOSED,
     (S.CLOSED, E.CLOSE): S.CLOSED,
 }
@@ -90,6 +98,40 @@ LIVE = (S.SYN_SENT_HELLO, S.SYN_SENT_NEXTK1, S.INIT1_SENT, S.HELLO_RCVD, S.PKCON
 for _s in LIVE:
     TRANSITIONS[(_s, E.CLOSE)] = S.CLOSED
     TRANSITIONS[(_s, E.GIVE_UP)] = S.FAILED
+
+
+# --- legality predicates (the engine never tests state membership itself) ---------------------------------
+# flows a SYN with a new ISN must not replace: everything but closed, failed, refused and plain flows
+LIVE_STATES = frozenset(LIVE + (S.ENCRYPTING,))
+# before keys exist: the local kernel's segments are held, not sent
+KEYING = frozenset((S.INIT1_SENT, S.PKCONF_SENT, S.HELLO_RCVD, S.NEXTK1_RCVD, S.SYN_SENT_HELLO, S.SYN_SENT_NEXTK1))
+SYN_SENT = frozenset((S.SYN_SENT_HELLO, S.SYN_SENT_NEXTK1))
+DEAD = frozenset((S.REFUSED, S.FAILED))  # every segment dropped until the flow is reclaimed
+# states whose keys protect segments (CLOSED keeps them for late segments)
+SYNACK_IGNORED = frozenset((S.PLAIN, S.REFUSED, S.FAILED, S.CLOSED))
+AWAITING_SYNACK = frozenset((S.ENCRYPTING, S.INIT1_SENT))  # a second SYN-ACK is a retransmission or forged
+CLOSABLE = frozenset((S.ENCRYPTING, S.PLAIN))  # FIN both ways / RST moves these to CLOSED
+
+
+def allowed(state: State | None, event: Ev) -> bool:
+    return (state, event) in TRANSITIONS
+
+
+def advance(sf, event: Ev) -> State:
+    """Validate `event` in `sf`'s state and enter the next state (IllegalTransition otherwise)."""
+    sf.state = transition(sf.state, event)
+    return sf.state
+
+
+def synack_event(sf) -> Ev | None:
+    """What the responder's SYN-ACK announces in `sf`'s state: PKCONF (full handshake, or its retransmission),
+    NEXTK2 (join or resumption, or its retransmission), or None (leave it alone)."""
+    st = sf.state
+    if st in (S.HELLO_RCVD, S.PKCONF_SENT) or (st is S.ENCRYPTING and not sf.resumed and not sf.join):
+        return E.SEND_SYNACK_PKCONF
+    if st in (S.NEXTK1_RCVD, S.ENCRYPTING):
+        return E.SEND_SYNACK_NEXTK2
+    return None
 
 
 def transition(state: State | None, event: Ev) -> State:

@@ -7,7 +7,8 @@ import json
 import sys
 
 from mptcrypt.core.config import Policy
-from mptcrypt.errors import ConfigError
+from mptcrypt.errors import (AlreadyRunningError, ConfigError, DaemonNotRunning, KernelFeatureError, MptcryptError,
+                             NotRootError)
 
 DAEMON_DESCRIPTION = """\
 Run the mptcrypt daemon in the foreground (stop it with Ctrl-C or SIGTERM).
@@ -17,24 +18,44 @@ MPTC-IN feeding NFQUEUE), encrypts and authenticates every connection whose peer
 the others in plain text (policy "opportunistic") or refuses them (policy "required").
 
 It needs root, and it works in the CURRENT network namespace only: one daemon per namespace. To run one inside
-namespace NS:  sudo ip netns exec NS mptcrypt daemon
+namespace NS:  ip netns exec NS mptcrypt daemon
 
 Loopback traffic is not intercepted. Fail-closed by default: if the daemon dies without cleaning up (kill -9),
 intercepted traffic stops instead of flowing unprotected; start the daemon again to recover. `--fail-open` lets
 traffic through in plain text while no daemon listens.
 
-Check it with `mptcrypt status`, `mptcrypt sessions` and `mptcrypt stats`."""
+Check it with `mptcrypt status`, `mptcrypt sessions` and `mptcrypt stats`; check a configuration file without
+starting anything with `mptcrypt daemon --check-config FILE`."""
 
-EPILOG = """\
+EPILOG = f"""\
+signals:
+  SIGTERM, SIGINT  stop cleanly: rules removed first, packets already queued get their verdict, exit 0
+  SIGHUP           reload the configuration (--config file and options): policy, rules, ciphers, limits apply to
+                   new connections, live ones keep their keys; a bad file keeps the running configuration and the
+                   log says why; --ports, --queue-num and --fail-open need a restart
+  SIGKILL          no cleanup: the rules stay (fail-closed) until a daemon starts again and replaces them
+
+exit status:
+  0    stopped cleanly, or --check-config found the configuration good
+  1    any other error (an iptables command refused, the NFQUEUE bind failed, ...)
+  {ConfigError.exit_code}    bad configuration file or option (one line says which key and why)
+  {KernelFeatureError.exit_code}   the kernel or machine lacks something (NFQUEUE, iptables, netfilterqueue)
+  {AlreadyRunningError.exit_code}   a daemon already runs in this network namespace
+  {NotRootError.exit_code}   not root
+  130  interrupted (Ctrl-C) before start-up finished
+
 examples:
-  sudo mptcrypt daemon                              every TCP port, opportunistic
-  sudo mptcrypt daemon --ports 22,443,5000-5100 --policy required
-  sudo ip netns exec h1 mptcrypt daemon --config /etc/mptcrypt.toml -v"""
+  mptcrypt daemon                                   every TCP port, opportunistic
+  mptcrypt daemon --ports 22,443,5000-5100 --policy required
+  mptcrypt daemon --check-config /etc/mptcrypt.toml
+  ip netns exec h1 mptcrypt daemon --config /etc/mptcrypt.toml -v"""
 
 FIRST_COLUMNS = ("local", "remote", "state", "pub_cipher", "sym_cipher", "sid", "resumed")
 SUBFLOWS_KEY = "subflows"
 # The daemon sees addresses as they arrive: behind a NAT, the remote is the NAT's address and port, not the peer's.
-COLUMN_LABELS = {"remote": "peer-as-seen"}
+REMOTE_LABEL = "peer-as-seen"
+SID_DIGITS = 8  # hex digits of the session ID in the narrow `sessions` view (--wide and --json show all)
+JSON_HELP = "print JSON on stdout, also when no daemon runs ({\"running\": false, \"error\": ...}, exit 3)"
 
 
 def register(sub) -> None:
@@ -52,7 +73,11 @@ def register(sub) -> None:
         help="default policy: opportunistic (encrypt when the peer can, plain otherwise; the default), "
         "required (refuse connections that cannot be encrypted), off (leave connections alone)",
     )
-    p.add_argument("--config", metavar="FILE.toml", help="configuration file (command-line options override it)")
+    p.add_argument("--config", metavar="FILE.toml", help="configuration file (command-line options override it; "
+                   "every key is checked, see mptcrypt/daemon/config.py)")
+    p.add_argument("--check-config", metavar="FILE.toml",
+                   help="check FILE (with the other options applied) and print what it sets, without starting; "
+                   f"exit 0 if good, {ConfigError.exit_code} if not")
     p.add_argument("--queue-num", type=int, metavar="N", help="NFQUEUE number (default 4242)")
     p.add_argument(
         "--fail-open",
@@ -81,19 +106,22 @@ def register(sub) -> None:
     p = sub.add_parser(
         "status",
         help="is a daemon running in this network namespace? (exit 0 yes, 3 no)",
-        description="Ask the daemon of this network namespace whether it is up. Exit status 0 if it is, 3 if not.",
+        description="Ask the daemon of this network namespace whether it is up, and show the policy, rules and "
+        "ciphers it enforces. Exit status 0 if it is up, 3 if not.",
     )
-    p.add_argument("--json", action="store_true", help="print the daemon's status as JSON")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
         "sessions",
         help="list the connections the daemon tracks (like tcnetstat)",
-        description="List the connections the daemon of this network namespace tracks: addresses, state, ciphers, "
-        "session ID (sid, hex; equal on both ends of a protected connection) and whether the session was resumed. "
-        "MPTCP subflows are listed indented below their connection.",
+        description="List the connections the daemon of this network namespace tracks, one line each: addresses, "
+        f"state, the session ID (sid; its first {SID_DIGITS} hex digits, equal on both ends of a protected "
+        "connection), ciphers, and whether the session was resumed. MPTCP subflows are listed indented below "
+        "their connection, with their key index and bytes. Exit status 0, or 3 when no daemon runs.",
     )
-    p.add_argument("--json", action="store_true", help="print the raw rows as JSON")
+    p.add_argument("--wide", action="store_true", help="every column the daemon reports, full session IDs")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_sessions)
 
     p = sub.add_parser(
@@ -101,9 +129,10 @@ def register(sub) -> None:
         help="the daemon's counters",
         description="The counters of the daemon of this network namespace: the engine's (segments protected, "
         "MAC failures, public-key operations, resumptions, held segments, fallbacks...) and the packet path's "
-        "(nfq_*: queued, dropped, engine errors, queue overflows, injected).",
+        "(nfq_*: queued, dropped, engine errors, queue overflows, injected). Exit status 0, or 3 when no "
+        "daemon runs.",
     )
-    p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_stats)
 
 
@@ -111,14 +140,20 @@ def register(sub) -> None:
 
 
 def cmd_daemon(args) -> int:
-    from mptcrypt.core.config import Config
+    from mptcrypt.daemon.config import describe, describe_lines, load_config
+
+    overrides = dict(ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
+                     resume=args.resume)
+    if args.check_config is not None:
+        config = load_config(args.check_config, **overrides)
+        print(f"{args.check_config}: ok")
+        print("\n".join(describe_lines(describe(config))))
+        return 0
     from mptcrypt.daemon.main import run_daemon
 
-    config = Config.load(
-        args.config, ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
-        resume=args.resume,
-    )
-    return run_daemon(config, verbose=args.verbose, gateway_lans=_gateway_lans(args))
+    config = load_config(args.config, **overrides)
+    return run_daemon(config, verbose=args.verbose, loader=lambda: load_config(args.config, **overrides),
+                      gateway_lans=_gateway_lans(args))
 
 
 def _gateway_lans(args) -> tuple[str, ...]:
@@ -140,47 +175,70 @@ def _gateway_lans(args) -> tuple[str, ...]:
     return tuple(lans)
 
 
+def _ask(args, what: str, call):
+    """call() -> the daemon's answer; with --json, errors also become a JSON object on stdout (then re-raised)."""
+    try:
+        return call()
+    except MptcryptError as exc:
+        if args.json:
+            empty = {"sessions": []} if what == "sessions" else {"stats": {}} if what == "stats" else {}
+            _print_json({"running": not isinstance(exc, DaemonNotRunning), "error": str(exc), **empty})
+        raise
+
+
 def cmd_status(args) -> int:
+    from mptcrypt.daemon.config import describe_lines
     from mptcrypt.daemon.control import ControlClient
 
-    status = ControlClient().status()  # DaemonNotRunning -> "mptcrypt: error: ..." and exit 3
+    status = _ask(args, "status", ControlClient().status)  # DaemonNotRunning: "mptcrypt: error: ..." and exit 3
+    status = {k: v for k, v in status.items() if k != "ok"}
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
-    else:
-        engine = status.get("engine")
-        extra = f", engine {engine}" if engine and engine != "Engine" else ""
-        print(
-            f"mptcrypt daemon running (pid {status.get('pid')}, up {_duration(status.get('uptime', 0))}, "
-            f"queue {status.get('queue')}, ports {status.get('ports')}, policy {status.get('policy')}, "
-            f"{'fail-open' if status.get('fail_open') else 'fail-closed'}{extra})"
-        )
+        _print_json({**status, "running": True})
+        return 0
+    engine = status.get("engine")
+    extra = f", engine {engine}" if engine and engine != "Engine" else ""
+    print(
+        f"mptcrypt daemon running (pid {status.get('pid')}, up {_duration(status.get('uptime', 0))}, "
+        f"queue {status.get('queue')}, ports {status.get('ports')}, policy {status.get('policy')}, "
+        f"{'fail-open' if status.get('fail_open') else 'fail-closed'}{extra})"
+    )
+    if "rules" in status:
+        print("\n".join(describe_lines(status)))
     return 0
 
 
 def cmd_sessions(args) -> int:
     from mptcrypt.daemon.control import ControlClient
 
-    rows = ControlClient().sessions()
+    rows = _ask(args, "sessions", ControlClient().sessions)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        _print_json({"running": True, "sessions": rows})
         return 0
     if not rows:
         print("no sessions")
         return 0
-    columns, table = session_table(rows)
-    _print_table([COLUMN_LABELS.get(c, c) for c in columns], table)
+    ascii_only = not sys.stdout.isatty()
+    if args.wide:
+        columns, table = session_table(rows, ascii_only=ascii_only)
+        _print_table([REMOTE_LABEL if c == "remote" else c for c in columns], table)
+    else:
+        print("\n".join(session_lines(rows, ascii_only=ascii_only)))
     return 0
 
 
 def cmd_stats(args) -> int:
     from mptcrypt.daemon.control import ControlClient
 
-    stats = ControlClient().stats()
+    stats = _ask(args, "stats", ControlClient().stats)
     if args.json:
-        print(json.dumps(stats, indent=2))
+        _print_json({"running": True, "stats": stats})
         return 0
     _print_table(["counter", "value"], [[k, str(v)] for k, v in stats.items()], align_right={1})
     return 0
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 # --- rendering -----------------------------------------------------------------------------------------------------
@@ -202,9 +260,13 @@ def format_value(value) -> str:
     return str(value)
 
 
-def session_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """engine.sessions() rows -> (column names, cells). The first columns are fixed, the others follow in order
-    of appearance; subflows (key "subflows": a list of dicts) become indented rows below their connection."""
+BRANCH = {False: "  └ ", True: "  `- "}  # subflow rows below their connection: box drawing on a terminal, else ASCII
+
+
+def session_table(rows: list[dict], ascii_only: bool = False) -> tuple[list[str], list[list[str]]]:
+    """engine.sessions() rows -> (column names, cells), every column (`sessions --wide`). The first columns are
+    fixed, the others follow in order of appearance; subflows (key "subflows": a list of dicts) become indented
+    rows below their connection."""
     columns = [c for c in FIRST_COLUMNS if any(c in r for r in rows)]
     seen = set(columns)
     for row in rows:
@@ -219,9 +281,60 @@ def session_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         for sub_row in row.get(SUBFLOWS_KEY) or []:
             cells = [format_value(sub_row.get(c)) if c in sub_row else "" for c in columns]
             if cells:
-                cells[0] = "  └ " + cells[0]
+                cells[0] = BRANCH[ascii_only] + cells[0]
             table.append(cells)
     return columns, table
+
+
+def session_lines(rows: list[dict], ascii_only: bool = False) -> list[str]:
+    """The narrow `sessions` view, like tcpcrypt's tcnetstat: one line per connection (local, remote, state, the
+    first SID_DIGITS hex digits of the sid, ciphers and flags) that fits 80 columns for IPv4 addresses; an MPTCP
+    connection's subflows follow, indented, one line each."""
+    header = ["LOCAL", REMOTE_LABEL.upper(), "STATE", "SID", "CIPHERS"]
+    table = [header]
+    for row in rows:
+        sid = row.get("sid")
+        info = ["/".join(_cipher_name(row.get(k)) for k in ("pub_cipher", "sym_cipher") if row.get(k))]
+        info += [f for f in ("resumed",) if row.get(f)]
+        if row.get("reason"):
+            info.append(f"plain: {row['reason']}")
+        table.append([format_value(row.get("local")), format_value(row.get("remote")), format_value(row.get("state")),
+                      sid[:SID_DIGITS] if sid else "-", " ".join(i for i in info if i) or "-"])
+    widths = [max(len(cells[i]) for cells in table) for i in range(len(header) - 1)]
+    lines = []
+    subflows = [None, *(row.get(SUBFLOWS_KEY) or [] for row in rows)]
+    for cells, subs in zip(table, subflows):
+        lines.append("  ".join([*(c.ljust(w) for c, w in zip(cells, widths)), cells[-1]]).rstrip())
+        if subs and (len(subs) > 1 or any(sf.get("kind") != "tcp" for sf in subs)):
+            for sf in subs:
+                backup = " backup" if sf.get("backup") else ""
+                lines.append(
+                    f"{BRANCH[ascii_only]}{sf.get('kind', 'subflow')} #{format_value(sf.get('index'))} "
+                    f"{format_value(sf.get('local'))} -> {format_value(sf.get('remote'))} "
+                    f"{format_value(sf.get('state'))}{backup} {_bytes(sf.get('bytes_out'))} out "
+                    f"{_bytes(sf.get('bytes_in'))} in"
+                )
+    return lines
+
+
+def _cipher_name(name) -> str:
+    """The engine's enum name (X25519, RSA2048_E3, CHACHA20) -> the name the configuration uses (x25519, ...)."""
+    from mptcrypt.daemon.config import PUB_CIPHER_NAMES, SYM_CIPHER_NAMES
+
+    by_enum = {c.name: k for names in (PUB_CIPHER_NAMES, SYM_CIPHER_NAMES) for k, c in names.items()}
+    return by_enum.get(str(name), str(name).lower())
+
+
+def _bytes(n) -> str:
+    """Bytes, short: 512, 1.2K, 16.0M, 3.1G (binary units)."""
+    if not isinstance(n, int):
+        return "-"
+    if n < 1024:
+        return str(n)
+    for unit in ("K", "M", "G"):
+        n /= 1024
+        if n < 1024 or unit == "G":
+            return f"{n:.1f}{unit}"
 
 
 def _print_table(columns: list[str], table: list[list[str]], align_right: set[int] = frozenset()) -> None:

@@ -258,7 +258,7 @@ class ControlClient:
             except (FileNotFoundError, ConnectionRefusedError):
                 raise DaemonNotRunning(
                     "no mptcrypt daemon is running in this network namespace (start one with "
-                    "`sudo mptcrypt daemon`, or `sudo ip netns exec NS mptcrypt daemon` for namespace NS)"
+                    "`mptcrypt daemon` as root, or `ip netns exec NS mptcrypt daemon` for namespace NS)"
                 ) from None
             except OSError as exc:
                 raise DaemonNotRunning(f"cannot reach the mptcrypt daemon of this network namespace: {exc}") from None

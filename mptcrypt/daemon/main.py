@@ -5,30 +5,34 @@ Start-up, each step only once the previous one worked::
     root check -> control socket (a second daemon stops here) -> engine -> raw socket -> NFQUEUE bound
     -> iptables rules LAST (no packet is queued before someone listens) -> "mptcrypt daemon ready (...)"
 
-Shutdown (SIGTERM, SIGINT, SIGHUP, or an exception): rules removed FIRST, so nothing new is queued to a process about to
+SIGHUP reloads the configuration (policy, rules, ciphers, limits; the file is read again and checked whole, a bad
+one keeps the running configuration and logs why). Ports, queue number and fail-open need a restart.
+
+Shutdown (SIGTERM, SIGINT, or an exception): rules removed FIRST, so nothing new is queued to a process about to
 go; the packets already queued are handled; then the queue is unbound, the sockets closed. The rules are removed in
 a `finally`, so also on a crash. After `kill -9` they stay: fail-closed, traffic on the intercepted ports stops
 until a daemon starts again (it replaces the stale chains) or they are removed by hand.
 
-Tests and scripts start and stop daemons in a namespace with `spawn_in_netns(ns, *args)` and `stop(proc)`.
+The lab (tests, demo, attack suite, handover) starts and stops daemons in a namespace with
+`mptcrypt.topo.daemons.spawn_in_netns(ns, *args)` and `stop(proc)`.
 """
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import logging
 import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
+from typing import Callable
 
 from mptcrypt import __version__
 from mptcrypt.constants import CONTROL_SOCKET
-from mptcrypt.core.config import Config
+from mptcrypt.daemon.config import DaemonConfig, describe, format_ports
 from mptcrypt.daemon.control import ControlServer
 from mptcrypt.daemon.icmp_edge import TooBigClamp
 from mptcrypt.daemon.iptables import Rules
@@ -38,32 +42,31 @@ from mptcrypt.errors import ConfigError, MptcryptError, NotRootError
 
 log = logging.getLogger("mptcrypt.daemon")
 
-ENGINE_ENV = "MPTCRYPT_ENGINE"  # hidden switch for edge tests: "passthrough" accepts everything and counts
+ENGINE_ENV = "MPTCRYPT_ENGINE"  # hidden switch for edge tests: "module:Class" of a stand-in engine
 READY_MARKER = "mptcrypt daemon ready"
-# Clean stop on each; SIGHUP too, so that closing the daemon's terminal does not leave fail-closed rules behind.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # clean stop: rules removed, queue drained
+RELOAD_SIGNAL = signal.SIGHUP  # read the configuration again (the usual daemon convention)
+# settings bound into the iptables rules and the queue at start-up: a reload cannot change them
+RESTART_ONLY = ("ports", "queue_num", "fail_open")
 LOOP_CAP = 1.0  # longest sleep of the loop (seconds)
 CONTROL_TICK = 5.0  # how often idle control connections are reaped
 VERBOSE_STATS_EVERY = 10.0  # with -v: a counters line this often, when they changed
 
 
-def format_ports(ports: tuple[tuple[int, int], ...]) -> str:
-    """((80, 80), (5000, 5100)) -> '80,5000-5100'; () -> 'all' (the syntax `--ports` takes)."""
-    if not ports:
-        return "all"
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ports)
-
-
-def make_engine(config: Config):
-    """The protocol engine; MPTCRYPT_ENGINE=passthrough selects the counting stand-in (edge tests only)."""
+def make_engine(config: DaemonConfig):
+    """The protocol engine; MPTCRYPT_ENGINE=module:Class selects a stand-in (edge tests only: the counting
+    pass-through engine lives in tests/integration/passthrough.py)."""
     choice = os.environ.get(ENGINE_ENV, "")
-    if choice == "passthrough":
-        from mptcrypt.daemon.passthrough import PassthroughEngine
-
-        log.warning("%s=passthrough: packets are counted, NOT protected", ENGINE_ENV)
-        return PassthroughEngine(config)
+    if ":" in choice:
+        module, _, name = choice.partition(":")
+        try:
+            engine = getattr(importlib.import_module(module), name)(config)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{ENGINE_ENV}={choice!r}: {exc} (leave it unset outside edge tests)") from None
+        log.warning("%s=%s: a stand-in engine, packets are NOT protected", ENGINE_ENV, choice)
+        return engine
     if choice not in ("", "core"):
-        raise ConfigError(f"unknown {ENGINE_ENV}={choice!r} (leave it unset, or 'passthrough' for edge tests)")
+        raise ConfigError(f"unknown {ENGINE_ENV}={choice!r} (leave it unset, or module:Class for edge tests)")
     try:
         from mptcrypt.core.engine import Engine
     except ModuleNotFoundError as exc:
@@ -91,21 +94,55 @@ def _addr(value, what: str) -> tuple[str, int]:
 
 
 class Daemon:
-    """One daemon in the current network namespace. `run()` blocks until SIGTERM/SIGINT or `request_stop()`."""
+    """One daemon in the current network namespace. `run()` blocks until SIGTERM/SIGINT or `request_stop()`.
 
-    def __init__(self, config: Config, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
-                 gateway_lans: tuple[str, ...] = ()):
+    `loader()` returns the configuration afresh (file and flags); SIGHUP calls it through `reload()`."""
+
+    def __init__(self, config: DaemonConfig, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
+                 loader: Callable[[], DaemonConfig] | None = None, gateway_lans: tuple[str, ...] = ()):
         self.config = config
         self.gateway_lans = tuple(gateway_lans)  # gateway mode: protect forwarded traffic of these LANs
         self.engine = engine
         self.control_name = control_name
         self.verbose = verbose
+        self.loader = loader
         self.started = time.monotonic()
         self.stop_reason: str | None = None
+        self.reload_pending = False
+        self.reloads = 0  # configurations applied by reload(), for `mptcrypt status`
         self.worker: QueueWorker | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         self.stop_reason = reason
+
+    def reload(self) -> bool:
+        """Load the configuration again and hand it to the engine; keep the old one (and log why) if it is bad.
+        New connections get the new policy, rules and ciphers; live ones keep their keys and state."""
+        self.reload_pending = False
+        if self.loader is None:
+            log.warning("%s: this daemon has no configuration to reload", RELOAD_SIGNAL.name)
+            return False
+        try:
+            new = self.loader()
+        except MptcryptError as exc:
+            log.error("reload failed, the running configuration stays: %s", exc)
+            return False
+        kept = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
+        for key in kept:
+            setattr(new, key, getattr(self.config, key))
+        if kept:
+            log.warning("reload: %s changed; restart the daemon to apply that (kept the running value)", ", ".join(kept))
+        reconfigure = getattr(self.engine, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(new)
+        elif self.engine is not None:
+            self.engine.config = new
+        self.config = new
+        self.reloads += 1
+        info = describe(new)
+        log.info("reloaded configuration (policy %s, %d rule(s), ciphers %s / %s)", info["policy"], len(info["rules"]),
+                 ",".join(info["pub_ciphers"]), ",".join(info["sym_ciphers"]))
+        return True
 
     # --- control requests ------------------------------------------------------------------------------------
     def handle_request(self, request: dict) -> dict:
@@ -114,12 +151,11 @@ class Daemon:
         if cmd == "status":
             return {
                 "ok": True,
+                "running": True,
                 "pid": os.getpid(),
                 "uptime": round(time.monotonic() - self.started, 3),
-                "queue": self.config.queue_num,
-                "ports": format_ports(self.config.ports),
-                "policy": self.config.policy.value,
-                "fail_open": self.config.fail_open,
+                **describe(self.config),
+                "reloads": self.reloads,
                 "engine": getattr(engine, "name", type(engine).__name__),
                 "gateway": list(self.gateway_lans),
                 "version": __version__,
@@ -147,7 +183,7 @@ class Daemon:
         old_wakeup = None
         raw = worker = rules = None
         try:
-            for signum in STOP_SIGNALS:
+            for signum in (*STOP_SIGNALS, RELOAD_SIGNAL):
                 old_handlers[signum] = signal.signal(signum, self._on_signal)
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
             if self.engine is None:
@@ -187,7 +223,10 @@ class Daemon:
         return 0
 
     def _on_signal(self, signum: int, _frame) -> None:
-        self.stop_reason = signal.Signals(signum).name
+        if signum == RELOAD_SIGNAL:
+            self.reload_pending = True  # done by the loop, not in the handler
+        else:
+            self.stop_reason = signal.Signals(signum).name
 
     def _loop(self, selector: selectors.BaseSelector, worker: QueueWorker, control: ControlServer) -> None:
         next_control_tick = time.monotonic() + CONTROL_TICK
@@ -197,6 +236,8 @@ class Daemon:
             for key, mask in selector.select(worker.timeout(LOOP_CAP)):
                 key.data(mask)
             worker.tick()
+            if self.reload_pending:
+                self.reload()
             now = time.monotonic()
             if now >= next_control_tick:
                 control.tick(now)
@@ -251,83 +292,14 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("mptcrypt").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_daemon(config: Config, verbose: bool = False, gateway_lans: tuple[str, ...] = ()) -> int:
-    """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0."""
+def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[], DaemonConfig] | None = None,
+               gateway_lans: tuple[str, ...] = ()) -> int:
+    """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0.
+    `loader` reads the configuration again on SIGHUP."""
     if os.geteuid() != 0:
         raise NotRootError(
             "the daemon needs root (CAP_NET_ADMIN for iptables and NFQUEUE, CAP_NET_RAW for its raw socket): "
-            "run `sudo mptcrypt daemon`, or `sudo ip netns exec NS mptcrypt daemon` for a namespace"
+            "run `mptcrypt daemon` as root, or `ip netns exec NS mptcrypt daemon` as root for a namespace"
         )
     setup_logging(verbose)
-    return Daemon(config, verbose=verbose, gateway_lans=gateway_lans).run()
-
-
-# --- for tests and scripts: a daemon in a network namespace ------------------------------------------------------
-
-
-def spawn_in_netns(
-    ns: str | None,
-    *args: str,
-    env: dict[str, str] | None = None,
-    timeout: float = 15.0,
-    log_path: str | None = None,
-) -> subprocess.Popen:
-    """Start `mptcrypt daemon ARGS` in namespace `ns` (None: this one) and wait until it is ready.
-
-    Its output goes to a log file, `proc.log_path` (read it with `daemon_log(proc)`). Raises MptcryptError with the
-    log if the daemon exits or is not ready within `timeout` seconds (then it is killed). `ip netns exec` execs the
-    daemon in place, so `proc.pid` is the daemon's pid. Stop it with `stop(proc)`.
-    """
-    own_log = log_path is None
-    if own_log:
-        fd, log_path = tempfile.mkstemp(prefix=f"mptcrypt-daemon-{ns or 'here'}-", suffix=".log")
-        os.close(fd)
-    argv = [sys.executable, "-m", "mptcrypt", "daemon", *args]
-    if ns is not None:
-        argv = ["ip", "netns", "exec", ns, *argv]
-    full_env = dict(os.environ, **(env or {}))
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    while True:
-        if READY_MARKER in daemon_log(proc):
-            return proc
-        failed = None
-        if proc.poll() is not None:
-            failed = f"exited with {proc.returncode}"
-        elif time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            failed = f"was not ready in {timeout:g} s"
-        if failed:
-            output = daemon_log(proc)
-            if own_log:
-                os.unlink(log_path)
-            raise MptcryptError(f"the daemon in {ns or 'this namespace'} {failed}:\n{output}")
-        time.sleep(0.02)
-
-
-def daemon_log(proc: subprocess.Popen) -> str:
-    try:
-        with open(proc.log_path, errors="replace") as fh:  # type: ignore[attr-defined]
-            return fh.read()
-    except FileNotFoundError:
-        return ""
-
-
-def stop(proc: subprocess.Popen, timeout: float = 10.0, remove_log: bool = False) -> int:
-    """SIGTERM the daemon and wait (SIGKILL after `timeout` s). Returns its exit status (0 = clean stop)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if remove_log:
-        try:
-            os.unlink(proc.log_path)  # type: ignore[attr-defined]
-        except (FileNotFoundError, AttributeError):
-            pass
-    return proc.returncode
+    return Daemon(config, verbose=verbose, loader=loader, gateway_lans=gateway_lans).run()

@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 from mptcrypt.core.events import Verdict
+from mptcrypt.wire.segment import announced_length
 from mptcrypt.errors import KernelFeatureError, MptcryptError
 
 log = logging.getLogger("mptcrypt.nfqueue")
@@ -62,11 +63,7 @@ EDGE_COUNTERS = (
 
 def ip_total_length(packet: bytes) -> int:
     """The length an IP header announces for its packet (0 if unknown: too short or not IP)."""
-    if len(packet) >= 20 and packet[0] >> 4 == 4:
-        return int.from_bytes(packet[2:4], "big")
-    if len(packet) >= 40 and packet[0] >> 4 == 6:
-        return 40 + int.from_bytes(packet[4:6], "big")
-    return 0
+    return announced_length(packet)
 
 
 def kernel_queue_drops(queue_num: int, path: str = PROC_QUEUES) -> tuple[int, int] | None:

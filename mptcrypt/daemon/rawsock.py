@@ -13,11 +13,9 @@ import errno
 import socket
 
 from mptcrypt.constants import INJECT_MARK
+from mptcrypt.errors import DecodeError
+from mptcrypt.wire.segment import destination as ip_destination
 
-IPV4_HEADER_MIN = 20
-IPV6_HEADER_LEN = 40
-IPV4_DST = slice(16, 20)
-IPV6_DST = slice(24, 40)
 SNDBUF = 4 << 20  # room for a burst of released held segments
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux <asm-generic/socket.h>; not exported by Python
 # Keep DF but check a packet against the device MTU, not the learned path MTU: the daemon resends through here the
@@ -28,18 +26,12 @@ IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 
 def destination(packet: bytes) -> tuple[int, str]:
     """(family, destination address) from an IP packet's header. ValueError for anything else."""
-    if not packet:
-        raise ValueError("empty packet")
-    version = packet[0] >> 4
-    if version == 4:
-        if len(packet) < IPV4_HEADER_MIN:
-            raise ValueError(f"IPv4 packet of {len(packet)} bytes is shorter than its header")
-        return socket.AF_INET, socket.inet_ntop(socket.AF_INET, packet[IPV4_DST])
-    if version == 6:
-        if len(packet) < IPV6_HEADER_LEN:
-            raise ValueError(f"IPv6 packet of {len(packet)} bytes is shorter than its header")
-        return socket.AF_INET6, socket.inet_ntop(socket.AF_INET6, packet[IPV6_DST])
-    raise ValueError(f"not an IP packet (version nibble {version})")
+    try:
+        version, dst = ip_destination(packet)
+    except DecodeError as exc:
+        raise ValueError(str(exc)) from None
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    return family, socket.inet_ntop(family, dst)
 
 
 def _open(family: int) -> socket.socket:

@@ -347,7 +347,7 @@ class Run:
                                   shaping={i.name: {"bw": i.shaping.bw, "loss": i.shaping.loss} for i in mplan.intfs},
                                   up={i.name: True for i in mplan.intfs})
             if self.target == "mptcrypt":
-                from mptcrypt.daemon.main import spawn_in_netns
+                from mptcrypt.topo.daemons import spawn_in_netns
 
                 for host in (SERVER, MOBILE):
                     log_path = os.path.join(self.out_dir, f"{sc.name}-{self.target}-daemon-{host}.log")
@@ -486,7 +486,7 @@ class Run:
         return None
 
     def _teardown(self) -> None:
-        from mptcrypt.daemon.main import stop as stop_daemon
+        from mptcrypt.topo.daemons import stop as stop_daemon
 
         self._poll_stop.set()
         for ctl in self.controls.values():

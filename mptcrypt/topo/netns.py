@@ -24,7 +24,7 @@ KILL_GRACE_S = 1.0  # SIGTERM, then SIGKILL after this long
 
 def require_root(action: str) -> None:
     if os.geteuid() != 0:
-        raise NotRootError(f"{action} needs root (network namespaces): run it with sudo or as root")
+        raise NotRootError(f"{action} needs root (network namespaces): run it as root")
 
 
 def require_tools() -> None:

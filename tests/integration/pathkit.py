@@ -80,7 +80,7 @@ class PathNet:
     def __init__(self, topo_file: str, spec: str | None = None, daemons=("client", "server"),
                  daemon_args=("--ports", "5000-5099"), taps=(), per_host_args=None):
         from conftest import topology_path
-        from mptcrypt.daemon.main import spawn_in_netns
+        from mptcrypt.topo.daemons import spawn_in_netns
         from mptcrypt.topo import Net, load_topo
 
         topo, *_ = load_topo(topology_path(topo_file), spec)
@@ -103,7 +103,7 @@ class PathNet:
         return self.net[host]
 
     def stop(self) -> dict[str, int]:
-        from mptcrypt.daemon.main import stop
+        from mptcrypt.topo.daemons import stop
 
         for tap in self.taps:
             tap.close()
@@ -112,7 +112,7 @@ class PathNet:
         return rcs
 
     def restart_daemon(self, host: str, *args: str) -> None:
-        from mptcrypt.daemon.main import spawn_in_netns, stop
+        from mptcrypt.topo.daemons import spawn_in_netns, stop
 
         stop(self.daemons.pop(host), remove_log=True)
         self.daemons[host] = spawn_in_netns(f"mptc-{host}", *args)

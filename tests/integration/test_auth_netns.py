@@ -25,7 +25,7 @@ ENV = dict(os.environ, MPTCRYPT_PASSWORD="correct horse battery staple", PYTHONP
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from conftest import netns_unavailable, topology_path
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo
 
     if netns_unavailable():

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from mptcrypt.wire.ip import build_ip_header, parse_ip
-from mptcrypt.wire.pcap import tcp_packets
+from mptcrypt.tools.pcap import tcp_packets
 from mptcrypt.wire.mptcp import Subtype, add_addr_hmac, mptcp_token, parse_mptcp
 from mptcrypt.wire.tcp import ACK, RST, SYN, TCPHeader, TCPOption, encode_options, pad_options, parse_options, parse_tcp
 
@@ -34,7 +34,7 @@ FALLBACKS = ("MPTcpExtMPCapableFallbackACK", "MPTcpExtMPCapableFallbackSYNACK", 
 @pytest.fixture(scope="module")
 def env(request):
     from conftest import netns_unavailable, topology_path
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
     from mptcrypt.topo import Net, load_topo
 
     if netns_unavailable():
@@ -59,11 +59,11 @@ def env(request):
 
 
 def stats(net, host) -> dict:
-    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout)
+    return json.loads(net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout)["stats"]
 
 
 def sessions(net, host) -> list[dict]:
-    return json.loads(net[host].run([PY, "-m", "mptcrypt", "sessions", "--json"]).stdout)
+    return json.loads(net[host].run([PY, "-m", "mptcrypt", "sessions", "--json"]).stdout)["sessions"]
 
 
 def nstat(net, host) -> dict:
@@ -302,7 +302,7 @@ def test_injected_rst_join_and_add_addr_have_no_effect(env):
 
 
 def test_daemon_on_one_side_only_gives_plain_tcp(env):
-    from mptcrypt.daemon.main import spawn_in_netns, stop
+    from mptcrypt.topo.daemons import spawn_in_netns, stop
 
     net, daemons = env["net"], env["daemons"]
     assert stop(daemons["server"], remove_log=True) == 0

@@ -1,5 +1,5 @@
 """The daemon's edges against the real kernel: two namespaces joined by a veth, `mptcrypt daemon` with the REAL
-netfilterqueue and iptables but the pass-through engine (MPTCRYPT_ENGINE=passthrough), so what is tested is the
+netfilterqueue and iptables but the pass-through engine (tests/integration/passthrough.py), so what is tested is the
 queue, the rules, the control socket, shutdown and fail-closed behaviour, not the protocol.
 
 Needs root. Everything happens in namespaces `mptc-d-*` created and removed here; no rule touches the root
@@ -12,10 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from mptcrypt.daemon.main import daemon_log, spawn_in_netns, stop
+from mptcrypt.topo.daemons import daemon_log, spawn_in_netns, stop
 
 pytestmark = [
     pytest.mark.root,
@@ -28,7 +29,8 @@ IF_A, IF_B = f"mptc-d{TAG}a", f"mptc-d{TAG}b"
 ADDR_A, ADDR_B = "10.77.0.1", "10.77.0.2"
 ADDR6_A, ADDR6_B = "fd77::1", "fd77::2"
 PORT, OTHER_PORT = 5001, 5002
-PASSTHROUGH = {"MPTCRYPT_ENGINE": "passthrough"}
+PASSTHROUGH = {"MPTCRYPT_ENGINE": "passthrough:PassthroughEngine",
+               "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}  # tests/integration/passthrough.py
 
 # Counts the bytes of each connection and answers with the count. Dual-stack, two ports.
 SINK = r"""
@@ -100,7 +102,7 @@ def mptcrypt(ns: str, *args: str, timeout: float = 20) -> subprocess.CompletedPr
 def stats(ns: str) -> dict:
     res = mptcrypt(ns, "stats", "--json")
     assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    return json.loads(res.stdout)["stats"]
 
 
 def mptc_rules(ns: str) -> int:
@@ -189,6 +191,38 @@ def test_traffic_status_second_daemon_and_clean_stop(start):
     assert send(ADDR_B, nbytes=1000).returncode == 0  # no daemon, no rules: plain again
 
 
+def wait_for_log(proc: subprocess.Popen, text: str, timeout: float = 10.0) -> None:
+    """Until the daemon's log shows `text` (a readiness wait: the test asserts on what follows, not on time)."""
+    deadline = time.monotonic() + timeout
+    while text not in daemon_log(proc):
+        assert proc.poll() is None and time.monotonic() < deadline, (text, daemon_log(proc))
+        time.sleep(0.02)
+
+
+def test_sighup_reloads_the_policy_and_a_bad_file_keeps_the_running_one(start, tmp_path):
+    path = tmp_path / "mptcrypt.toml"
+    path.write_text('policy = "opportunistic"\n')
+    daemon = start(NS_B, "--ports", f"{PORT}", "--config", str(path), env={})  # the real engine: policy matters
+    assert send(ADDR_B).returncode == 0  # A runs no daemon: plain, and opportunistic lets it through
+
+    path.write_text('policy = "required"\n')
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for_log(daemon, "reloaded configuration (policy required")
+    refused = send(ADDR_B)
+    assert refused.returncode == 1 and "Connection refused" in refused.stdout, refused
+    status = json.loads(mptcrypt(NS_B, "status", "--json").stdout)
+    assert (status["running"], status["pid"], status["policy"], status["reloads"]) == (True, daemon.pid, "required", 1)
+
+    path.write_text('policy = "off"\n[[rule]]\nport = "22"\npolicy = "off"\npeers = "10.77.0.0/24"\n')
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for_log(daemon, "reload failed, the running configuration stays")
+    assert "rule 1: unknown key 'peers'" in daemon_log(daemon)
+    assert send(ADDR_B).returncode == 1  # still required
+    assert json.loads(mptcrypt(NS_B, "status", "--json").stdout)["reloads"] == 1
+    assert stop(daemon) == 0 and "Traceback" not in daemon_log(daemon)
+    assert mptc_rules(NS_B) == 0
+
+
 def test_kill9_fails_closed_then_restart_replaces_stale_chains(start):
     daemon = start(NS_B, "--ports", f"{PORT}")
     assert send(ADDR_B).returncode == 0
@@ -221,10 +255,11 @@ def test_fail_open_lets_traffic_pass_after_kill9(start):
 
 
 CRASH = r"""
-import subprocess
-from mptcrypt.core.config import Config
+import subprocess, sys
+sys.path.insert(0, TESTDIR)
+from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.daemon.main import Daemon
-from mptcrypt.daemon.passthrough import PassthroughEngine
+from passthrough import PassthroughEngine
 
 class Crashing(Daemon):
     def _loop(self, *args):
@@ -233,14 +268,14 @@ class Crashing(Daemon):
         raise RuntimeError("a bug in the loop")
 
 try:
-    Crashing(Config(), engine=PassthroughEngine()).run()
+    Crashing(DaemonConfig(), engine=PassthroughEngine()).run()
 except RuntimeError as exc:
     print("raised", exc)
 """
 
 
 def test_a_crash_in_the_loop_still_removes_the_rules(net):
-    res = in_ns(NS_B, sys.executable, "-c", CRASH)
+    res = in_ns(NS_B, sys.executable, "-c", CRASH.replace("TESTDIR", repr(PASSTHROUGH["PYTHONPATH"])))
     assert "rules while running 10" in res.stdout and "raised a bug in the loop" in res.stdout, res
     assert mptc_rules(NS_B) == 0
 

@@ -51,7 +51,7 @@ from mptcrypt.wire.mptcp import (
     mptcp_token,
     parse_mptcp,
 )
-from mptcrypt.wire.option_budget import linux_options_len
+from mptcrypt.tools.option_budget import linux_options_len
 
 pytestmark = pytest.mark.root
 
@@ -485,7 +485,7 @@ def test_every_option_parses_reencodes_and_matches_tshark(v4_capture):
 
 
 def check_budget_accounting(capture) -> int:
-    """Every captured segment's option length is what mptcrypt.wire.option_budget computes for its options."""
+    """Every captured segment's option length is what mptcrypt.tools.option_budget computes for its options."""
     checked = 0
     for segs, _ in capture:
         for seg in segs:

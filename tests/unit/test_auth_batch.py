@@ -97,6 +97,7 @@ def test_tampered_proofs(n) -> None:
     for s in d:
         signer.add(s)
     proofs = signer.flush()
+    assert len(proofs) == n
     i = n // 2
     p = proofs[i]
     other_sid = hashlib.sha256(b"not in the batch").digest()
@@ -115,12 +116,16 @@ def test_tampered_proofs(n) -> None:
         bad["flipped bit"] = (BatchSignatureMsg(p.alg, p.signature, n, i, (bytes(flipped),) + p.path[1:]), d[i])
         bad["truncated path"] = (BatchSignatureMsg(p.alg, p.signature, n, i, p.path[:-1]), d[i])
         bad["reordered path"] = (BatchSignatureMsg(p.alg, p.signature, n, i, p.path[::-1]), d[i])
+    assert verify_batch_proof(p, d[i], TRUST).batch == (n, i)  # the untampered proof verifies
+    refused = []
     for what, (msg, sid) in bad.items():
         if what == "reordered path" and len(set(msg.path)) < 2:
             continue
         with pytest.raises(AuthenticationFailed):
             verify_batch_proof(msg, sid, TRUST)
             pytest.fail(f"{what}: accepted")  # reached only if verification did not raise
+        refused.append(what)
+    assert len(refused) == (6 if n == 1 else 8 if n == 2 else 9)  # every tampering tried (the path ones need a path)
 
 
 def test_proof_with_wrong_key_and_single_signature_is_not_a_batch_signature() -> None:
@@ -165,10 +170,10 @@ def test_signer_limits() -> None:
 def test_duplicate_sids_get_their_own_proofs() -> None:
     signer = BatchSigner(KEY)
     s = sids(1)[0]
-    signer.add(s)
-    signer.add(s)
-    for p in signer.flush():
-        verify_batch_proof(p, s, TRUST)
+    assert [signer.add(s), signer.add(s)] == [0, 1]
+    proofs = signer.flush()
+    assert len(proofs) == 2 and signer.signatures == 1
+    assert [verify_batch_proof(p, s, TRUST).batch for p in proofs] == [(2, 0), (2, 1)]
 
 
 # --- one server, many clients, over socketpairs -------------------------------------------------------------

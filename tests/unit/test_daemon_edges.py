@@ -14,12 +14,13 @@ import time
 
 import pytest
 
+import mptcrypt
 from mptcrypt import api, cli
-from mptcrypt.core.config import Config
+from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.core.events import ACCEPT, Event, Result, Verdict
 from mptcrypt.daemon import control as control_mod
 from mptcrypt.daemon import iptables, nfqueue, rawsock
-from mptcrypt.daemon.cli import format_value, session_table
+from mptcrypt.daemon.cli import format_value, session_lines, session_table
 from mptcrypt.daemon.control import MAX_REQUEST, ControlClient, ControlServer, peer_pid
 from mptcrypt.daemon.main import Daemon, format_ports
 from mptcrypt.daemon.nfqueue import COPY_LIMIT, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, QueueWorker, ip_total_length
@@ -146,7 +147,7 @@ def daemon_server(monkeypatch):
     name = unique_name("ctl")
     monkeypatch.setattr(control_mod, "CONTROL_SOCKET", name)
     engine = FakeEngine()
-    daemon = Daemon(Config(ports=((80, 80), (5000, 5100))), engine=engine, control_name=name)
+    daemon = Daemon(DaemonConfig(ports=((80, 80), (5000, 5100))), engine=engine, control_name=name)
     srv = ServerThread(daemon.handle_request, name)
     yield engine, name
     srv.close()
@@ -549,7 +550,8 @@ def test_cli_daemon_options_reach_the_config(monkeypatch):
     seen = {}
     import mptcrypt.daemon.main as main_mod
 
-    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False, **kw: seen.update(c=config, v=verbose, **kw) or 0)
+    monkeypatch.setattr(main_mod, "run_daemon",
+                        lambda config, verbose=False, loader=None, **kw: seen.update(c=config, v=verbose, **kw) or 0)
     argv = ["daemon", "--ports", "22,443", "--policy", "required", "--queue-num", "9", "--fail-open", "-v"]
     assert cli.main(argv) == 0
     cfg = seen["c"]
@@ -565,7 +567,7 @@ def test_cli_config_file_and_override(monkeypatch, tmp_path):
     seen = {}
     import mptcrypt.daemon.main as main_mod
 
-    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False, **kw: seen.update(c=config) or 0)
+    monkeypatch.setattr(main_mod, "run_daemon", lambda config, verbose=False, loader=None, **kw: seen.update(c=config) or 0)
     path = tmp_path / "m.toml"
     path.write_text('ports = "80"\nfail_open = true\npolicy = "off"\n')
     assert cli.main(["daemon", "--config", str(path), "--policy", "required"]) == 0
@@ -575,9 +577,9 @@ def test_cli_config_file_and_override(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     "argv, code, message",
     [
-        (["daemon", "--ports", "80,99999"], 2, "mptcrypt: error: bad port range '99999'"),
+        (["daemon", "--ports", "80,99999"], 2, "mptcrypt: error: --ports: bad port range '99999'"),
         (["daemon", "--config", "/nonexistent/m.toml"], 2, "config file /nonexistent/m.toml not found"),
-        (["daemon", "--queue-num", "70000"], 2, "queue_num must be between 0 and 65534"),
+        (["daemon", "--queue-num", "70000"], 2, "--queue-num: queue_num must be between 0 and 65534"),
         (["daemon", "--gateway"], 2, "--gateway needs the networks behind this router"),
         (["daemon", "--lan", "10.0.0.0/8"], 2, "--lan only makes sense with --gateway"),
         (["daemon", "--gateway", "--lan", "10.0.0.300/8"], 2, "--lan '10.0.0.300/8'"),
@@ -599,7 +601,7 @@ def test_cli_daemon_needs_root(monkeypatch, capsys):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert cli.main(["daemon"]) == 77
     err = capsys.readouterr().err
-    assert "mptcrypt: error: the daemon needs root" in err and "sudo ip netns exec NS mptcrypt daemon" in err
+    assert "mptcrypt: error: the daemon needs root" in err and "`ip netns exec NS mptcrypt daemon` as root" in err
 
 
 def test_cli_help_teaches():
@@ -633,15 +635,15 @@ def test_cli_status_sessions_stats(daemon_server, capsys):
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out
     assert f"pid {os.getpid()}" in out and "ports 80,5000-5100" in out and "fail-closed" in out
-    assert cli.main(["sessions"]) == 0
+    assert cli.main(["sessions", "--wide"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["local", "peer-as-seen", "state", "sid", "resumed", "mptcp", "index"]
     assert lines[1].split()[:3] == ["10.0.0.1:40000", "10.0.0.2:80", "ESTABLISHED"] and "abababababababab" in lines[1]
-    assert lines[2].startswith("  └ 10.0.1.1:40001")
+    assert lines[2].startswith("  `- 10.0.1.1:40001")  # ASCII: stdout is not a terminal
     assert cli.main(["sessions", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == engine.rows
+    assert json.loads(capsys.readouterr().out) == {"running": True, "sessions": engine.rows}
     assert cli.main(["stats", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"segments_protected": 7, "mac_failures": 1}
+    assert json.loads(capsys.readouterr().out) == {"running": True, "stats": {"segments_protected": 7, "mac_failures": 1}}
     assert cli.main(["stats"]) == 0
     assert "segments_protected" in capsys.readouterr().out
 
@@ -652,6 +654,50 @@ def test_session_table_formats():
     columns, table = session_table([{"zeta": 1, "sid": "aa", "local": ["10.0.0.1", 1]}, {"alpha": "x"}])
     assert columns == ["local", "sid", "zeta", "alpha"]
     assert table == [["10.0.0.1:1", "aa", "1", ""], ["", "", "", "x"]]
+
+
+ENGINE_ROWS = [  # the shape of Engine.sessions() rows: an MPTCP connection with a join, and a plain TCP one
+    {"local": "10.0.1.2:40000", "remote": "10.0.1.1:5000", "state": "encrypting", "protected": True,
+     "pub_cipher": "X25519", "sym_cipher": "CHACHA20", "sid": "82e03e180ee6b0f23c3d0b01d42fe31f" * 2,
+     "resumed": True, "mptcp": True, "pk_ops": 0, "index": 0,
+     "subflows": [
+         {"local": "10.0.1.2:40000", "remote": "10.0.1.1:5000", "state": "encrypting", "role": "initiator",
+          "kind": "mptcp", "index": 0, "addr_id": None, "backup": False, "bytes_out": 16 << 20, "bytes_in": 1200},
+         {"local": "10.0.2.2:41000", "remote": "10.0.1.1:5000", "state": "encrypting", "role": "initiator",
+          "kind": "join", "index": 1, "addr_id": 2, "backup": True, "bytes_out": 512, "bytes_in": 0}]},
+    {"local": "10.0.1.2:40002", "remote": "10.0.1.1:22", "state": "plain", "protected": False,
+     "pub_cipher": None, "sym_cipher": None, "sid": None, "resumed": False, "mptcp": False, "pk_ops": 0,
+     "index": None, "reason": "peer-no-mptcrypt",
+     "subflows": [{"local": "10.0.1.2:40002", "remote": "10.0.1.1:22", "state": "plain", "role": "initiator",
+                   "kind": "tcp", "index": 0, "addr_id": None, "backup": False, "bytes_out": 9, "bytes_in": 9}]},
+]
+
+
+def test_sessions_narrow_view_fits_80_columns():
+    lines = session_lines(ENGINE_ROWS, ascii_only=True)
+    assert lines == [
+        "LOCAL           PEER-AS-SEEN   STATE       SID       CIPHERS",
+        "10.0.1.2:40000  10.0.1.1:5000  encrypting  82e03e18  x25519/chacha20 resumed",
+        "  `- mptcp #0 10.0.1.2:40000 -> 10.0.1.1:5000 encrypting 16.0M out 1.2K in",
+        "  `- join #1 10.0.2.2:41000 -> 10.0.1.1:5000 encrypting backup 512 out 0 in",
+        "10.0.1.2:40002  10.0.1.1:22    plain       -         plain: peer-no-mptcrypt",
+    ]  # one line per connection; a plain TCP connection's only subflow is the connection itself
+    assert max(len(line) for line in lines) <= 80
+    assert all(line.isascii() for line in lines)
+    assert session_lines(ENGINE_ROWS[:1])[2].startswith("  └ mptcp #0")  # on a terminal
+
+
+def test_cli_sessions_narrow_and_wide(daemon_server, capsys):
+    engine, _name = daemon_server
+    engine.rows = ENGINE_ROWS
+    assert cli.main(["sessions"]) == 0
+    assert capsys.readouterr().out.splitlines() == session_lines(ENGINE_ROWS, ascii_only=True)
+    assert cli.main(["sessions", "--wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert len(wide) == 1 + 2 + 3  # header, two connections, three subflows
+    for column in ("pk_ops", "role", "kind", "addr_id", "bytes_out", "reason"):
+        assert column in wide[0].split()
+    assert ENGINE_ROWS[0]["sid"] in wide[1] and wide[2].startswith("  `- 10.0.1.2:40000")
 
 
 def test_format_ports():
@@ -682,8 +728,13 @@ def test_api_errors(monkeypatch):
         with pytest.raises(OSError):
             api.session_id(unconnected)
     a, b = socket.socketpair()
-    with a, b, pytest.raises(ValueError, match="IPv4 or IPv6"):
+    with a, b, pytest.raises(TypeError, match="^session_id\\(\\) needs a TCP or MPTCP socket .*not AF_UNIX/SOCK_STREAM"):
         api.session_id(a)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with pytest.raises(TypeError, match="needs a TCP or MPTCP socket .*not AF_INET/SOCK_DGRAM protocol 0"):
+            mptcrypt.session_id(udp)
+        with pytest.raises(TypeError, match=r"not int; wrap a file descriptor with socket.socket\(fileno=fd\)"):
+            mptcrypt.session_id(udp.fileno())
     with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()) as client:
         with pytest.raises(DaemonNotRunning):
             api.session_id(client)

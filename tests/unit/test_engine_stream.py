@@ -42,11 +42,17 @@ def test_any_segmentation_loss_reorder_and_duplication_delivers_the_kernel_bytes
     rnd.shuffle(segs)
     for a, b in segs:
         pkt = segment(c, 40000, s, 5000, 101 + a, 901, ACK | PSH, [], data[a:b])
+        protected = pair.eng["c"].stats()["segments_protected"]
+        verified = pair.eng["s"].stats()["segments_verified"]
         if rnd.random() < 0.2:
             pair.drop_next_wire = 1  # lost on the wire: nothing arrives, nothing breaks
             assert pair.send("c", pkt) == []
+            # the client engine protected it (nothing was held or sent plain); the server engine never saw it
+            assert pair.eng["c"].stats()["segments_protected"] == protected + 1
+            assert pair.eng["s"].stats()["segments_verified"] == verified
         else:
             assert pair.send("c", pkt) == [pkt]
+            assert pair.eng["s"].stats()["segments_verified"] == verified + 1
     assert pair.eng["s"].stats()["mac_failures"] == 0
 
 

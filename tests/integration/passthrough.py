@@ -1,6 +1,6 @@
 """A stand-in engine that accepts every packet and counts: for testing the edges (queue, rules, control socket,
 shutdown) with the real kernel path but without the protocol. Selected with the environment variable
-MPTCRYPT_ENGINE=passthrough. It protects nothing and says so in `mptcrypt status`.
+MPTCRYPT_ENGINE=passthrough:PassthroughEngine (with this directory on PYTHONPATH). It protects nothing and says so in `mptcrypt status`.
 """
 
 from __future__ import annotations

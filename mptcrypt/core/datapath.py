@@ -1,0 +1,115 @@
+"""Protected segments: seal what the local kernel sends, open what arrives, release what was held.
+
+Every protected segment goes through the subflow's `SegmentCipher` (`crypto/segment.py`): this module only
+extends seq/ack to 64 bits, keeps the sequence references and counters, and handles the two cases where the
+kernel's options leave no room for the MAC option (trim SACK blocks; move an MPTCP signal to a pure ACK).
+"""
+
+from __future__ import annotations
+
+from mptcrypt.constants import MAC_OPTION_LEN, TCP_MAX_OPTION_SPACE
+from mptcrypt.core import mptcp
+from mptcrypt.core.events import DROP, Result, Verdict
+from mptcrypt.core.session import Subflow, extend
+from mptcrypt.core.table import Table
+from mptcrypt.wire import rewrite
+from mptcrypt.wire.mptcp import Subtype
+from mptcrypt.wire.segment import Segment, parse_segment
+from mptcrypt.wire.tcp import ACK, FIN, RST
+
+# signals Linux may put beside a data DSS; moved to a pure ACK of their own when the MAC does not fit
+SPLIT_SUBTYPES = (Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL)
+
+
+def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
+    flags = seg.flags
+    ext_seq = extend(seg.seq, sf.out_ref)
+    ext_ack = extend(seg.ack, sf.in_ref) if flags & ACK else 0
+    packet = seg.packet
+    out = sf.tx.seal(packet, seg.l4, ext_seq, ext_ack)
+    if out is None:
+        return _no_room(t, sf, seg, now, ext_seq, ext_ack)
+    n = len(packet) - seg.data_off
+    end = ext_seq + n
+    if end > sf.out_ref:
+        sf.out_ref = end
+    if flags & (FIN | RST):
+        t.note_close(sf, flags, True, now)
+    sf.bytes_out += n
+    sf.segments_out += 1
+    c = t.counters
+    c["segments_protected"] += 1
+    c["bytes_encrypted"] += n
+    return Result(Verdict.ACCEPT, out)
+
+
+def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
+    """The kernel packet, DROP on a MAC failure, None when the segment carries no MAC option (the caller decides:
+    a duplicate INIT, or an injection)."""
+    flags = seg.flags
+    ext_seq = extend(seg.seq, sf.in_ref)
+    ext_ack = extend(seg.ack, sf.out_ref) if flags & ACK else 0
+    out = sf.rx.open(seg.packet, seg.l4, ext_seq, ext_ack)
+    c = t.counters
+    if out is None:
+        if not seg.has_mac():
+            return None
+        t.count_rare("mac_failures", "mac-failure", sf.key, f"{c['mac_failures'] + 1} so far; segment dropped")
+        return DROP
+    n = len(seg.packet) - seg.data_off
+    end = ext_seq + n
+    if end > sf.in_ref:
+        sf.in_ref = end
+    if not sf.confirmed:
+        t.confirm(sf)
+    if flags & (FIN | RST):
+        t.note_close(sf, flags, False, now)
+    conn = sf.conn
+    if conn.mptcp and len(conn.keys) < 2 and not sf.join:
+        mptcp.learn_keys(t, conn, parse_segment(out), outbound=False)
+    sf.bytes_in += n
+    sf.segments_in += 1
+    c["segments_verified"] += 1
+    c["bytes_decrypted"] += n
+    return Result(Verdict.ACCEPT, out)
+
+
+def _no_room(t: Table, sf: Subflow, seg: Segment, now: float, ext_seq: int, ext_ack: int) -> Result:
+    """Kernel options leave no room for the MAC (docs/option-budget.md).
+
+    SACK blocks are trimmed first (RFC 2018 §4: the peer keeps the older news). Without timestamps the other case
+    is Linux putting a pending REMOVE_ADDR, MP_PRIO or MP_FAIL beside a data segment's 28-byte DSS. Linux forgets
+    the signal once written, so dropping the segment would lose it: the signal moves to a pure ACK of our own at
+    the segment's end (in window, so the peer kernel processes its options), both protected. Anything else is
+    dropped and counted, never sent in plain."""
+    trimmed = rewrite.trim_sack(seg.option_bytes(), TCP_MAX_OPTION_SPACE - MAC_OPTION_LEN)
+    if trimmed is not None:
+        t.counters["sack_trimmed"] += 1
+        return protect(t, sf, parse_segment(rewrite.with_option_area(seg, trimmed)), now)
+    split = rewrite.split_signals(seg, SPLIT_SUBTYPES)
+    if split is None or MAC_OPTION_LEN + max(len(split[0]), len(split[1])) > TCP_MAX_OPTION_SPACE:
+        t.counters["option_overflow"] += 1
+        t.event("option-overflow", sf.key, f"{seg.option_len} option bytes leave no room for the MAC")
+        return DROP
+    rest, moved = split
+    t.counters["signals_split"] += 1
+    payload = seg.payload()
+    first = protect(t, sf, parse_segment(rewrite.with_option_area(seg, rest)), now)
+    signal = rewrite.shifted(seg, seg.seq + len(payload), ACK, moved, b"")
+    second = protect(t, sf, parse_segment(signal), now)
+    return Result(Verdict.ACCEPT, first.packet, inject=[second.packet])
+
+
+def release(t: Table, sf: Subflow) -> list[bytes]:
+    """Protect the segments held while keys did not exist yet, in the kernel's order."""
+    out = []
+    held, sf.hs.held = sf.hs.held, []
+    for pkt in held:
+        seg = parse_segment(pkt)
+        if sf.mptcp and not sf.join:
+            mptcp.learn_keys(t, sf.conn, seg, outbound=True)
+        res = protect(t, sf, seg, sf.last_seen)
+        if res.packet is not None:
+            out.append(res.packet)
+    t.counters["released"] += len(out)
+    return out

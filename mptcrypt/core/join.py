@@ -1,0 +1,213 @@
+"""NEXTK1 / NEXTK2: MP_JOIN subflows and resumed connections, keyed from ss[i] without public-key operations.
+
+A join's SYN carries NEXTK1(index, proof) and the answer NEXTK2(proof); a resumed connection's SYN carries
+NEXTK1(resume id, proof). docs/protocol.md §6 and §7 are the specification. Every function takes the table and
+returns a Result; nothing here calls back into the engine (held join SYNs are released by `release_joins`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+
+from mptcrypt.constants import TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP
+from mptcrypt.core import mptcp, state
+from mptcrypt.core.config import Policy
+from mptcrypt.core.events import ACCEPT, DROP, Result, Verdict
+from mptcrypt.core.session import Connection, Session, Subflow
+from mptcrypt.core.state import Ev
+from mptcrypt.core.synopts import clean_syn, rewritten
+from mptcrypt.core.table import Table
+from mptcrypt.crypto import keyschedule as ks
+from mptcrypt.wire import messages as m
+from mptcrypt.wire.mptcp import MptcpOption
+from mptcrypt.wire.segment import Segment, parse_segment
+
+_U32 = struct.Struct("!I")
+_TOKEN_NONCE = struct.Struct("!II")
+
+
+# --- what a proof binds (docs/protocol.md §6) -------------------------------------------------------------
+def peer_view(key):
+    """The flow key as the peer sees it (its local side first): proofs are computed in initiator order."""
+    la, lp, ra, rp = key
+    return (ra, rp, la, lp)
+
+
+def context(key, isn: int) -> bytes:
+    """Initiator address and port, responder address and port, initiator ISN: what a NEXTK proof binds."""
+    la, lp, ra, rp = key
+    return la + struct.pack("!H", lp) + ra + struct.pack("!HI", rp, isn)
+
+
+def syn_binding(mpj: MptcpOption) -> bytes:
+    """The MP_JOIN SYN fields a NEXTK1 proof binds: receiver's token and sender's nonce."""
+    return _TOKEN_NONCE.pack(mpj.token, mpj.nonce)
+
+
+def synack_binding(mpj: MptcpOption | None) -> bytes:
+    """The MP_JOIN SYN-ACK fields a join's NEXTK2 proof binds: truncated HMAC and nonce."""
+    return mpj.thmac + _U32.pack(mpj.nonce) if mpj is not None else b""
+
+
+# --- joins -------------------------------------------------------------------------------------------------
+def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOption, now: float) -> Result:
+    """Our kernel opens a join: NEXTK1 for the next index of our parity, if the token is a connection we protect."""
+    conn = t.tokens.get(mpj.token)
+    if conn is None:
+        first = t.pending_joins.get(mpj.token)
+        if first is not None and state.allowed(first.state, Ev.RECV_INIT2):
+            # Linux may open the join before our INIT2 arrived: hold it, it leaves with NEXTK1 once the
+            # session exists (sent now it would be refused by the peer daemon for lacking NEXTK1)
+            return t.hold(first, seg.packet, join=True)
+        return ACCEPT  # a join of a connection we do not protect
+    seq = seg.seq
+    if sf is None or sf.isn_local != seq:
+        sf = t.new_flow(key, True, Policy.OPPORTUNISTIC, now)
+        if sf is None:
+            return DROP  # never let a join of a protected connection go out unkeyed
+        try:
+            index = conn.session.allocate()
+        except ValueError:
+            t.fail(sf, "key chain exhausted")
+            return DROP
+        state.advance(sf, Ev.SEND_SYN_NEXTK1)
+        sf.isn_local = seq
+        sf.out_ref = seq + 1
+        sf.mptcp = sf.join = True
+        sf.addr_id = mpj.addr_id
+        sf.backup = mpj.backup
+        sf.index = index
+        conn.session.claim(index, key)
+        sf.conn = conn
+    ss = conn.session.chain.ss(sf.index)
+    proof = ks.join_proof(ss, False, context(key, seq) + syn_binding(mpj))
+    return rewritten(t, seg, add=m.NextK1Join(sf.index, proof).encode(), strip=(TCPOPT_TIMESTAMP, TCPOPT_SACK_PERM))
+
+
+def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOption, now: float) -> Result:
+    conn = t.tokens.get(mpj.token)
+    if conn is None:
+        return ACCEPT  # a join of a connection we do not protect
+    seq = seg.seq
+    # RFC 8684 §3.2 lets anyone who read the keys compute MPTCP's join HMAC; NEXTK1 is what they cannot forge
+    if sf is not None and sf.isn_remote == seq and state.allowed(sf.state, Ev.RECV_SYN_NEXTK1):
+        state.advance(sf, Ev.RECV_SYN_NEXTK1)  # SYN retransmission
+        return clean_syn(t, seg, keep_sack=False)
+    msg = seg.mptcrypt()
+    if not isinstance(msg, m.NextK1Join) or msg.index == 0 or conn.session.own_parity(msg.index):
+        return refuse_join(t, key, "join SYN without a valid NEXTK1")
+    ss = conn.session.chain.ss(msg.index)
+    expect = ks.join_proof(ss, False, context(peer_view(key), seq) + syn_binding(mpj))
+    if not hmac.compare_digest(msg.proof, expect):
+        return refuse_join(t, key, "join SYN whose NEXTK1 proof does not verify")
+    if not conn.session.claim(msg.index, key):
+        return refuse_join(t, key, f"join SYN reusing key index {msg.index}")
+    sf = t.new_flow(key, False, Policy.OPPORTUNISTIC, now)
+    if sf is None:
+        return refuse_join(t, key, "flow table full")
+    state.advance(sf, Ev.RECV_SYN_NEXTK1)
+    sf.isn_remote = seq
+    sf.in_ref = seq + 1
+    sf.mptcp = sf.join = True
+    sf.addr_id = mpj.addr_id
+    sf.backup = mpj.backup
+    sf.index = msg.index
+    sf.conn = conn
+    t.register_resume(conn.session)
+    return clean_syn(t, seg, keep_sack=False)
+
+
+def refuse_join(t: Table, key, why: str) -> Result:
+    t.count_rare("joins_refused", "join-refused", key, why)
+    return DROP
+
+
+def release_joins(t: Table, first: Subflow, now: float) -> list[bytes]:
+    """Join SYNs held while the first subflow was keyed: now their token maps to the session."""
+    out = []
+    for token in [tk for tk, f in t.pending_joins.items() if f is first]:
+        del t.pending_joins[token]
+    held, first.hs.held_joins = first.hs.held_joins, []
+    for pkt in held:
+        seg = parse_segment(pkt)
+        key = seg.flow_key(True)
+        res = send_join_syn(t, t.flows.get(key), key, seg, seg.mptcp_join(), now)
+        if res.verdict is Verdict.ACCEPT:
+            out.append(res.packet or pkt)
+    return out
+
+
+# --- resumption --------------------------------------------------------------------------------------------
+def offer_resume(t: Table, sf: Subflow) -> Session | None:
+    """Client SYN: the cached session for the peer with a fresh index allocated, or None (full handshake)."""
+    session = t.peer_cache.get(sf.key[2]) if t.config.resume else None
+    if session is None:
+        return None
+    try:
+        index = session.allocate()
+    except ValueError:
+        return None
+    state.advance(sf, Ev.SEND_SYN_NEXTK1)
+    sf.index = index
+    sf.resumed = True
+    sf.conn = Connection(session, index, resumed=True)
+    return session
+
+
+def resume_option(sf: Subflow) -> bytes:
+    """NEXTK1 of a resumed connection's SYN: which session (resume id of ss[i]) and a proof of ss[i]."""
+    ss = sf.conn.session.chain.ss(sf.index)
+    proof = ks.join_proof(ss, False, context(sf.key, sf.isn_local))
+    return m.NextK1Resume(ks.resume_id(ss), proof).encode()
+
+
+def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume) -> Result | None:
+    """Server: a SYN resuming a cached session. None when the id is unknown or the proof fails (full handshake)."""
+    found = t.resume.get(msg.resume_id)
+    if found is not None:
+        session, index = found
+        ss = session.chain.ss(index)
+        if hmac.compare_digest(msg.proof, ks.join_proof(ss, False, context(peer_view(key), seg.seq))) \
+                and session.claim(index, key):
+            state.advance(sf, Ev.RECV_SYN_NEXTK1)
+            sf.conn = Connection(session, index, resumed=True)
+            sf.index, sf.resumed = index, True
+            t.register_resume(session)
+            return clean_syn(t, seg)
+    t.counters["resume_fallbacks"] += 1  # unknown or stale: run the full handshake instead
+    return None
+
+
+# --- NEXTK2 (SYN-ACK), both kinds ----------------------------------------------------------------------------
+def send_nextk2(t: Table, sf: Subflow, seg: Segment) -> Result:
+    """Server SYN-ACK of a join or resumption: NEXTK2 proves ss[i]; the subflow is keyed from here on."""
+    ss = sf.conn.session.chain.ss(sf.index)
+    extra = synack_binding(seg.mptcp_join()) if sf.join else b""
+    proof = ks.join_proof(ss, True, context(peer_view(sf.key), sf.isn_remote) + _U32.pack(seg.seq) + extra)
+    first_time = sf.tx is None  # else a SYN-ACK retransmission
+    state.advance(sf, Ev.SEND_SYNACK_NEXTK2)
+    if not sf.join:
+        mptcp.remember_syn_key(sf, seg, local=True)
+    if first_time:
+        sf.set_keys(sf.conn, sf.index, sf.conn.session.sym_cipher)
+        t.keyed(sf, resumed=not sf.join)
+    return rewritten(t, seg, add=m.NextK2(proof).encode())
+
+
+def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2) -> Result:
+    index = sf.index
+    ss = sf.conn.session.chain.ss(index)
+    extra = synack_binding(seg.mptcp_join()) if sf.join else b""
+    expect = ks.join_proof(ss, True, context(sf.key, sf.isn_local) + _U32.pack(seg.seq) + extra)
+    if not hmac.compare_digest(msg.proof, expect):
+        t.counters["unauthenticated_dropped"] += 1
+        t.event("bad-nextk2", sf.key, "SYN-ACK with a NEXTK2 that does not verify")
+        return DROP
+    state.advance(sf, Ev.RECV_SYNACK_NEXTK2)
+    sf.set_keys(sf.conn, index, sf.conn.session.sym_cipher)
+    if not sf.join:
+        sf.conn.session.claim(index, sf.key)
+        mptcp.remember_syn_key(sf, seg, local=False)
+    t.keyed(sf, resumed=not sf.join)
+    return clean_syn(t, seg)
