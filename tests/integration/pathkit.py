@@ -123,10 +123,16 @@ class PathNet:
 
     # --- observations ----------------------------------------------------------------------------------------
     def stats(self, host: str) -> dict:
-        return json.loads(self.net[host].run([PY, "-m", "mptcrypt", "stats", "--json"]).stdout)
+        return self._ask(host, "stats")
 
     def sessions(self, host: str) -> list[dict]:
-        return json.loads(self.net[host].run([PY, "-m", "mptcrypt", "sessions", "--json"]).stdout)
+        return self._ask(host, "sessions")
+
+    def _ask(self, host: str, what: str):
+        """`mptcrypt stats|sessions --json` in the host: {"running": true, "stats": {...}} -> the inner value."""
+        answer = json.loads(self.net[host].run([PY, "-m", "mptcrypt", what, "--json"]).stdout)
+        assert answer.get("running", True), f"{host}: {answer.get('error')}"
+        return answer[what]
 
     def row(self, host: str, port: int) -> dict | None:
         rows = [r for r in self.sessions(host) if r["remote"].endswith(f":{port}") or r["local"].endswith(f":{port}")]
