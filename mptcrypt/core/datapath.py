@@ -57,6 +57,7 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
         t.count_rare("mac_failures", "mac-failure", sf.key, f"{c['mac_failures'] + 1} so far; segment dropped")
         return DROP
     n = len(seg.packet) - seg.data_off
+    sf.unmacked = 0
     end = ext_seq + n
     if end > sf.in_ref:
         sf.in_ref = end

@@ -7,7 +7,7 @@ Every function takes the table and returns a Result (or packets to send); joins 
 from __future__ import annotations
 
 from mptcrypt.constants import NONCE_LEN, TCPOPT_TIMESTAMP, Msg, PubCipher, SymCipher
-from mptcrypt.core import datapath, join, mptcp, state
+from mptcrypt.core import datapath, join, mptcp, state, stripped
 from mptcrypt.core.config import Policy
 from mptcrypt.core.events import ACCEPT, DROP, Result, Verdict
 from mptcrypt.core.session import Connection, Session, Subflow
@@ -188,7 +188,7 @@ def recv_unauthenticated(t: Table, sf: Subflow, seg: Segment, now: float) -> Res
     if marker == Msg.INIT2 and sf.initiator:
         return DROP  # duplicate INIT2: our keys are already in place
     t.counters["unauthenticated_dropped"] += 1
-    return DROP
+    return stripped.count(t, sf, seg, now) or DROP
 
 
 def _init_segment(sf: Subflow, marker: int, msg: bytes) -> bytes:

@@ -127,7 +127,7 @@ class Subflow:
         "key", "state", "initiator", "policy", "conn", "index", "tx", "rx",
         "isn_local", "isn_remote", "out_ref", "in_ref", "confirmed", "hs",
         "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
-        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops",
+        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops", "unmacked",
     )
 
     def __init__(self, key: FlowKey, initiator: bool, policy, now: float):
@@ -154,6 +154,7 @@ class Subflow:
         self.resumed = False  # keyed by NEXTK1/NEXTK2 on a new connection (index = the resumed ss[i])
         self.plain_reason = ""
         self.pk_ops = 0  # public-key operations done while handling this subflow's segments
+        self.unmacked = 0  # inbound segments in a row without a MAC option (core/stripped.py)
 
     def set_keys(self, conn: Connection, index: int, sym_cipher) -> None:
         self.conn = conn
