@@ -282,7 +282,11 @@ def timers(t: Table, now: float) -> list[bytes]:
         if hs.timer > now:
             continue
         if hs.tries >= t.config.init_retries:
-            t.fail(sf, "no answer to INIT" + ("1" if sf.initiator else "2"))
+            why = "no answer to INIT" + ("1" if sf.initiator else "2")
+            t.fail(sf, why)
+            # the kernels' connection exists (its SYNs went through): a reset, not a connection that hangs
+            sf.plain_reason = why + ": the peer's daemon stopped, or a middlebox strips mptcrypt options"
+            out.append(rst_to_local(sf.key, sf.in_ref, sf.out_ref))
             continue
         hs.tries += 1
         hs.rto *= 2

@@ -82,3 +82,26 @@ def test_blind_injections_and_verified_segments_in_between_never_reset():
             assert server.handle(strip(wire), False, pair.now).verdict is Verdict.DROP
     assert server.stats()["stripped_resets"] == 0
     assert [r for r in server.sessions() if r["local"].endswith(":5000")][0]["state"] == "encrypting"
+
+
+
+def test_a_handshake_out_of_retries_resets_the_kernel_instead_of_hanging():
+    """INIT1 rides with mptcrypt's option: a middlebox stripping it from data segments keeps the handshake from
+    finishing. When INIT1 runs out of retries the client kernel gets a RST at its rcv_nxt and `sessions` says why."""
+    from mptcrypt.core.config import Config
+    from mptcrypt.core.engine import Engine
+    from mptcrypt.wire.tcp import SYN
+    from pktkit import C_ADDR, S_ADDR, syn_options
+
+    client, server = Engine(Config(init_retries=2, init_rto=0.2)), Engine()
+    syn = client.handle(segment(C_ADDR, 40000, S_ADDR, 5000, 100, 0, SYN, syn_options()), True, 0.0).packet
+    server.handle(syn, False, 0.0)
+    synack = segment(S_ADDR, 5000, C_ADDR, 40000, 900, 101, SYN | ACK, syn_options(ts=False))
+    client.handle(server.handle(synack, True, 0.0).packet, False, 0.0)  # PKCONF: INIT1 goes out (and is lost)
+    out = []
+    for now in (0.25, 0.7, 1.5, 3.5):  # INIT1 twice more, then the give-up
+        out += client.handle_timer(now)
+    resets = [parse_segment(p) for p in out if parse_segment(p).flags & RST]
+    assert len(resets) == 1 and (resets[0].src, resets[0].dst) == (S_ADDR, C_ADDR) and resets[0].seq == 901
+    row = client.sessions()[0]
+    assert row["state"] == "failed" and "middlebox strips mptcrypt options" in row["reason"]
