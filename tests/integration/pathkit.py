@@ -138,6 +138,12 @@ class PathNet:
         rows = [r for r in self.sessions(host) if r["remote"].endswith(f":{port}") or r["local"].endswith(f":{port}")]
         return rows[-1] if rows else None
 
+    def keyed_subflows(self, host: str, port: int) -> list[dict]:
+        """The subflows of the connection on `port` that ran protected (encrypting, or closed since: the daemon
+        keeps a closed flow's row for a few seconds)."""
+        row = self.row(host, port) or {}
+        return [s for s in row.get("subflows", []) if s["state"] in ("encrypting", "closed")] if row.get("sid") else []
+
     def nstat(self, host: str) -> dict:
         from mptcrypt.topo import mptcp_counters
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pathkit import MARKER, PathNet, wait_for
+from pathkit import MARKER, PathNet
 
 pytestmark = pytest.mark.root
 
@@ -23,18 +23,6 @@ def dual():
     assert set(rcs.values()) == {0}, rcs
 
 
-def _watch_subflows(pn, port, want):
-    seen = []
-
-    def watch(_source):
-        def enough():
-            row = pn.row("client", port)
-            seen[:] = [s for s in (row or {}).get("subflows", []) if s["state"] == "encrypting"]
-            return len(seen) >= want
-        wait_for(enough, timeout=15)
-    return seen, watch
-
-
 def _checked(pn, sent, got):
     assert sent is not None, f"the transfer failed: {pn.last_error}"
     assert got["sha256"] == sent["sha256"] and sent["sid"] and sent["sid"] == got["sid"]
@@ -44,10 +32,10 @@ def _checked(pn, sent, got):
 
 def test_protected_mptcp_over_ipv6_joins_the_second_path(dual):
     joins = dual.nstat("server").get("MPTcpExtMPJoinAckRx", 0)
-    seen, watch = _watch_subflows(dual, 5070, 2)
-    sent, got = dual.transfer("fd00:1::1", 5070, 4 << 20, during=watch, sink_bind="::", timeout=30)
+    sent, got = dual.transfer("fd00:1::1", 5070, 4 << 20, sink_bind="::", timeout=30)
     _checked(dual, sent, got)
-    assert sorted(s["kind"] for s in seen[:2]) == ["join", "mptcp"], seen
+    seen = dual.keyed_subflows("client", 5070)
+    assert sorted(s["kind"] for s in seen) == ["join", "mptcp"], seen
     assert all(":" in s["remote"].rsplit(":", 1)[0] for s in seen), seen  # IPv6 both
     assert dual.nstat("server")["MPTcpExtMPJoinAckRx"] > joins
     v6_data = [p for t in dual.taps for ip, _h, p in t.tcp(5070) if ip.version == 6 and p]
@@ -57,9 +45,9 @@ def test_protected_mptcp_over_ipv6_joins_the_second_path(dual):
 def test_one_mptcp_connection_with_an_ipv4_and_an_ipv6_subflow(dual):
     """Connect over IPv4; the server announces fd00:2::1 (its signal endpoint); the client joins it over IPv6."""
     add_addr = dual.nstat("client").get("MPTcpExtAddAddr", 0)
-    seen, watch = _watch_subflows(dual, 5071, 3)
-    sent, got = dual.transfer("10.0.1.1", 5071, 8 << 20, during=watch, sink_bind="::", timeout=30)
+    sent, got = dual.transfer("10.0.1.1", 5071, 8 << 20, sink_bind="::", timeout=30)
     _checked(dual, sent, got)
+    seen = dual.keyed_subflows("client", 5071)
     assert dual.nstat("client")["MPTcpExtAddAddr"] > add_addr, "no ADD_ADDR received"
     families = {":" in s["remote"].rsplit(":", 1)[0] for s in seen}
     assert families == {False, True}, seen

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pathkit import MARKER, PathNet, has_exp_option, wait_for
+from pathkit import MARKER, PathNet, has_exp_option
 
 pytestmark = pytest.mark.root
 
@@ -78,19 +78,10 @@ def test_protected_mptcp_through_nat_joins_every_path(pnet):
     pnet.clear_taps()
     fb = {h: pnet.fallbacks(h) for h in ("client", "server")}
     joins = pnet.nstat("server").get("MPTcpExtMPJoinAckRx", 0)
-    seen = []
-
-    def watch(_source):
-        def both():
-            row = pnet.row("client", 5002)
-            subs = [s for s in (row or {}).get("subflows", []) if s["state"] == "encrypting"]
-            seen[:] = subs
-            return len(subs) == 2
-        wait_for(both, timeout=15)
-
-    sent, got = pnet.transfer("10.0.1.1", 5002, NBYTES * 2, during=watch, timeout=20)
+    sent, got = pnet.transfer("10.0.1.1", 5002, NBYTES * 2, timeout=20)
     assert sent is not None, f"the connection failed or hung: {pnet.last_error}"
     assert got["sha256"] == sent["sha256"] and sent["sid"] == got["sid"] and sent["sid"]
+    seen = pnet.keyed_subflows("client", 5002)
     assert sorted(s["kind"] for s in seen) == ["join", "mptcp"], seen
     assert pnet.nstat("server")["MPTcpExtMPJoinAckRx"] > joins
     assert {h: pnet.fallbacks(h) for h in fb} == fb, "MPTCP fell back"
