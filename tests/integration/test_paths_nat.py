@@ -11,6 +11,8 @@ from pathkit import MARKER, PathNet, has_exp_option
 
 pytestmark = pytest.mark.root
 
+# the v2 segment MAC (branch fast, merged here) carries TCP through NAT; joins and resumption through a NAT need the
+# v2 NEXTK1/NEXTK2 proofs (branch engine), not merged here yet
 NEEDS_V2 = pytest.mark.xfail(strict=False, reason="needs protocol v2 (branches engine/fast)")
 ROUTERS = {"nat,nat=1": ("nat1", "nat2"), "nat": ("nat1", "nat2"), "nat,double=True": ("home1", "nat1", "nat2")}
 NBYTES = 2 << 20
@@ -56,7 +58,6 @@ def test_plain_mptcp_through_two_nats_joins_both_paths(root):
         pn.stop()
 
 
-@NEEDS_V2
 def test_protected_tcp_through_nat(pnet):
     pnet.clear_taps()
     before = {h: pnet.stats(h) for h in ("client", "server")}
@@ -73,8 +74,9 @@ def test_protected_tcp_through_nat(pnet):
     assert row["protected"] and row["remote"].startswith("10.0.1.254:"), row
 
 
-@NEEDS_V2
-def test_protected_mptcp_through_nat_joins_every_path(pnet):
+def test_protected_mptcp_through_nat_joins_every_path(pnet, request):
+    if pnet.spec != "nat,nat=1":  # with nat=1 the join takes the routed path 2
+        request.applymarker(NEEDS_V2)
     pnet.clear_taps()
     fb = {h: pnet.fallbacks(h) for h in ("client", "server")}
     joins = pnet.nstat("server").get("MPTcpExtMPJoinAckRx", 0)
