@@ -21,9 +21,9 @@ DIR/SCENARIO.png and DIR/SCENARIO.json and prints a table. Needs root (network n
 
 EPILOG = """\
 examples:
-  sudo mptcrypt handover --list
-  sudo mptcrypt handover walk-out-of-wifi --target both --out /tmp/ho
-  sudo mptcrypt handover topologies/scenarios/flapping-wifi.toml --target mptcrypt --json"""
+  mptcrypt handover --list
+  mptcrypt handover walk-out-of-wifi --target both --out /tmp/ho
+  mptcrypt handover topologies/scenarios/flapping-wifi.toml --target mptcrypt --json"""
 
 DEFAULT_SCENARIO = "walk-out-of-wifi"
 DEFAULT_OUT = "handover-results"

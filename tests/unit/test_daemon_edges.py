@@ -16,11 +16,11 @@ import pytest
 
 import mptcrypt
 from mptcrypt import api, cli
-from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.core.events import ACCEPT, Event, Result, Verdict
 from mptcrypt.daemon import control as control_mod
 from mptcrypt.daemon import iptables, nfqueue, rawsock
 from mptcrypt.daemon.cli import format_value, session_lines, session_table
+from mptcrypt.daemon.config import DaemonConfig
 from mptcrypt.daemon.control import MAX_REQUEST, ControlClient, ControlServer, peer_pid
 from mptcrypt.daemon.main import Daemon, format_ports
 from mptcrypt.daemon.nfqueue import COPY_LIMIT, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, QueueWorker, ip_total_length
@@ -617,6 +617,36 @@ def test_cli_status_not_running(monkeypatch, capsys):
     assert "no mptcrypt daemon is running in this network namespace" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, empty", [("status", {}), ("sessions", {"sessions": []}), ("stats", {"stats": {}})])
+def test_cli_json_without_a_daemon_is_still_json(monkeypatch, capsys, command, empty):
+    monkeypatch.setattr(control_mod, "CONTROL_SOCKET", unique_name("cli-none"))
+    assert cli.main([command, "--json"]) == DaemonNotRunning.exit_code == 3
+    out, err = capsys.readouterr()
+    answer = json.loads(out)
+    assert answer == {"running": False, "error": answer["error"], **empty}
+    assert answer["error"].startswith("no mptcrypt daemon is running") and answer["error"] in err
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == f"mptcrypt {mptcrypt.__version__}\n"
+
+
+def test_daemon_help_lists_every_signal_and_exit_status():
+    import mptcrypt.errors as errors
+
+    text = cli.build_parser()._subparsers._group_actions[0].choices["daemon"].format_help()
+    signals = text.split("signals:")[1].split("exit status:")[0]
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"):
+        assert name in signals
+    statuses = text.split("exit status:")[1].split("examples:")[0]
+    documented = {int(line.split()[0]) for line in statuses.splitlines() if line.strip()[:1].isdigit()}
+    codes = {cls.exit_code for cls in vars(errors).values()
+             if isinstance(cls, type) and issubclass(cls, errors.MptcryptError) and cls is not errors.DaemonNotRunning}
+    assert codes | {0, 130} == documented  # DaemonNotRunning (3) is the client commands' status, not the daemon's
+
+
 def test_cli_status_sessions_stats(daemon_server, capsys):
     engine, _name = daemon_server
     engine.rows = [
@@ -635,6 +665,15 @@ def test_cli_status_sessions_stats(daemon_server, capsys):
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out
     assert f"pid {os.getpid()}" in out and "ports 80,5000-5100" in out and "fail-closed" in out
+    assert out.splitlines()[1:] == [
+        "  policy opportunistic on ports 80,5000-5100; rules, first match wins: none",
+        "  ciphers: public x25519,p256,rsa2048; symmetric aes128,chacha20; resumption on",
+        "  config: defaults and command-line options (no file)",
+    ]
+    assert cli.main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["running"] is True and status["pid"] == os.getpid() and status["rules"] == []
+    assert status["pub_ciphers"] == ["x25519", "p256", "rsa2048"] and status["reloads"] == 0
     assert cli.main(["sessions", "--wide"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["local", "peer-as-seen", "state", "sid", "resumed", "mptcp", "index"]
