@@ -90,7 +90,7 @@ class NatTopo(Topo):
             router = self.addHost(f"nat{path}", router=True, ipv6=ipv6, commands=commands,
                                   defaultRoute=f"via 10.0.{path}.1")
             self.addLink(router, server, intfName1=wan, intfName2=f"s-eth{path - 1}",
-                         params1={"ip": f"10.0.{path}.254/24", **six(path, 254)},
+                         params1={"ip": f"10.0.{path}.254/24", **six(path, 254, 1)},
                          params2={"ip": f"10.0.{path}.1/24", **six(path, 1)},
                          mtu=mtu1 if path == 1 and not double else None)
             first = router

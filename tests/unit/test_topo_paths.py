@@ -49,6 +49,8 @@ def test_ipv6_addresses_gateways_and_per_path_tables():
     assert tables[201].src == ipaddress.ip_address("fd00:12::2") and tables[201].default_dst == "::/0"
     assert tables[201].gw == ipaddress.ip_address("fd00:12::1")
     assert early_sysctls(client)["net.ipv6.conf.all.accept_dad"] == "0"
+    nat2 = plan_topology(topo).node("nat2")  # a join from path 2 to the server's path-1 address must be routed
+    assert str(nat2.intf("wan2").gw6) == "fd00:2::1"
 
 
 def test_ipv6_endpoint_is_accepted():
