@@ -43,9 +43,10 @@ def test_protected_mptcp_over_ipv6_joins_the_second_path(dual):
 
 
 def test_one_mptcp_connection_with_an_ipv4_and_an_ipv6_subflow(dual):
-    """Connect over IPv4; the server announces fd00:2::1 (its signal endpoint); the client joins it over IPv6."""
+    """Connect over IPv4; the server announces fd00:2::1 (its signal endpoint); the client joins it over IPv6.
+    The client's socket is AF_INET6 (to ::ffff:10.0.1.1): Linux opens IPv6 subflows only for an IPv6 MPTCP socket."""
     add_addr = dual.nstat("client").get("MPTcpExtAddAddr", 0)
-    sent, got = dual.transfer("10.0.1.1", 5071, 8 << 20, sink_bind="::", timeout=30)
+    sent, got = dual.transfer("::ffff:10.0.1.1", 5071, 8 << 20, sink_bind="::", timeout=30)
     _checked(dual, sent, got)
     seen = dual.keyed_subflows("client", 5071)
     assert dual.nstat("client")["MPTcpExtAddAddr"] > add_addr, "no ADD_ADDR received"
