@@ -528,7 +528,8 @@ class Net:
             self._add_endpoint(node, ep)
 
     def _add_endpoint(self, node: Node, ep: Endpoint) -> None:
-        kw: dict[str, Any] = {"addr": ep.addr, "flags": ep.flags}
+        # pyroute2: `addr` means IPv4 (an IPv6 string there becomes a bogus IPv4 address), `addr6` IPv6
+        kw: dict[str, Any] = {"addr6" if ":" in ep.addr else "addr": ep.addr, "flags": ep.flags}
         if ep.id is not None:
             kw["id"] = ep.id
         if ep.port is not None:
