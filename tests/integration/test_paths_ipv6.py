@@ -35,7 +35,8 @@ def test_protected_mptcp_over_ipv6_joins_the_second_path(dual):
     sent, got = dual.transfer("fd00:1::1", 5070, 4 << 20, sink_bind="::", timeout=30)
     _checked(dual, sent, got)
     seen = dual.keyed_subflows("client", 5070)
-    assert sorted(s["kind"] for s in seen) == ["join", "mptcp"], seen
+    kinds = sorted(s["kind"] for s in seen)  # joins from fd00:12::2 and to the announced fd00:2::1
+    assert kinds.count("mptcp") == 1 and kinds.count("join") >= 1, seen
     assert all(":" in s["remote"].rsplit(":", 1)[0] for s in seen), seen  # IPv6 both
     assert dual.nstat("server")["MPTcpExtMPJoinAckRx"] > joins
     v6_data = [p for t in dual.taps for ip, _h, p in t.tcp(5070) if ip.version == 6 and p]
