@@ -12,7 +12,9 @@ script changes the networks at run time through `Net`: `net.link_down('mobile', 
 Build arguments (`--topo handover,30,10` or `handover,wifi_bw=30`): wifi_bw, lte_bw (Mbit/s),
 wifi_loss, lte_loss (%), wifi_delay, lte_delay (one way, each direction: Wi-Fi ~10 ms and LTE ~40 ms
 by default, so a round trip takes ~20 / ~80 ms as on real networks; `None` or "none" builds the link without
-a delay line, microseconds of RTT).
+a delay line, microseconds of RTT), nat: both networks rewrite the mobile's source ports as a carrier NAT does
+(`MASQUERADE --random-fully` on wifi and lte, in the mobile's namespace after its daemon's OUTPUT hook: the daemon
+and the server see different ports, as across a NAT router; addresses stay, so the link events work unchanged).
 """
 
 try:
@@ -24,9 +26,12 @@ MPTCP_LIMITS = {"subflows": 2, "add_addr_accepted": 2}
 
 
 class HandoverTopo(Topo):
-    def build(self, wifi_bw=50, lte_bw=20, wifi_loss=0, lte_loss=0, wifi_delay="10ms", lte_delay="40ms"):
+    def build(self, wifi_bw=50, lte_bw=20, wifi_loss=0, lte_loss=0, wifi_delay="10ms", lte_delay="40ms", nat=False):
+        nat = str(nat).lower() in ("1", "true", "yes") if not isinstance(nat, bool) else nat
         mobile = self.addHost(
             "mobile",
+            commands=[f"iptables -t nat -A POSTROUTING -o {dev} -j MASQUERADE --random-fully"
+                      for dev in ("wifi", "lte")] if nat else [],
             defaultRoute="via 10.0.1.1 dev wifi",
             mptcp={
                 "enabled": True,

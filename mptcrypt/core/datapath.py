@@ -73,6 +73,7 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
             t.count_rare("mac_failures", "mac-failure", sf.key, f"{c['mac_failures'] + 1} so far; segment dropped")
             return DROP
     n = len(seg.packet) - seg.data_off
+    sf.unmacked = 0
     end = ext_seq + n
     if end < sf.in_ref or ext_ack < sf.in_ack_max:
         # older than what this subflow already verified: a retransmission, reordering, or a replay. MPTCP

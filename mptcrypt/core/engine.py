@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from mptcrypt.core import datapath, handover, handshake, join, state
+from mptcrypt.core import datapath, handover, handshake, join, state, stripped
 from mptcrypt.core.config import Config
 from mptcrypt.core.events import ACCEPT, DROP, Event, Result
 from mptcrypt.core.session import fmt_addr
@@ -214,7 +214,7 @@ class Engine:
         if st is State.CLOSED:  # keys kept for late segments (retransmitted FIN, last ACK)
             return self._protected(sf, seg, outbound, now)
         if st in state.DEAD:
-            return DROP
+            return stripped.answer(self._t, sf, seg, now) if not outbound and stripped.stripped(sf) else DROP
         if outbound:
             return t.hold(sf, seg.packet) if st in state.KEYING else ACCEPT
         return handshake.recv_before_keys(t, sf, seg, now)

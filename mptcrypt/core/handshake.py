@@ -7,7 +7,7 @@ Every function takes the table and returns a Result (or packets to send); joins 
 from __future__ import annotations
 
 from mptcrypt.constants import NONCE_LEN, TCPOPT_TIMESTAMP, Msg, PubCipher, SymCipher
-from mptcrypt.core import datapath, join, mptcp, state
+from mptcrypt.core import datapath, join, mptcp, state, stripped
 from mptcrypt.core.config import Policy
 from mptcrypt.core.events import ACCEPT, DROP, Result, Verdict
 from mptcrypt.core.session import Connection, Session, Subflow, fmt_addr
@@ -220,7 +220,7 @@ def recv_unauthenticated(t: Table, sf: Subflow, seg: Segment, now: float) -> Res
     if marker == Msg.INIT2 and sf.initiator:
         return DROP  # duplicate INIT2: our keys are already in place
     t.counters["unauthenticated_dropped"] += 1
-    return DROP
+    return stripped.count(t, sf, seg, now) or DROP
 
 
 def init_in_sequence(t: Table, sf: Subflow, seg: Segment) -> bool:
@@ -324,7 +324,11 @@ def timers(t: Table, now: float) -> list[bytes]:
         if hs.timer > now:
             continue
         if hs.tries >= t.config.init_retries:
-            t.fail(sf, "no answer to INIT" + ("1" if sf.initiator else "2"))
+            why = "no answer to INIT" + ("1" if sf.initiator else "2")
+            t.fail(sf, why)
+            # the kernels' connection exists (its SYNs went through): a reset, not a connection that hangs
+            sf.plain_reason = why + ": the peer's daemon stopped, or a middlebox strips mptcrypt options"
+            out.append(rst_to_local(sf.key, sf.in_ref, sf.out_ref))
             continue
         hs.tries += 1
         hs.rto *= 2

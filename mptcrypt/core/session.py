@@ -130,7 +130,7 @@ class Subflow:
         "key", "state", "initiator", "policy", "conn", "index", "tx", "rx",
         "isn_local", "isn_remote", "out_ref", "in_ref", "in_ack_max", "confirmed", "hs",
         "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
-        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops", "created",
+        "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops", "created", "unmacked",
         "sym_cipher", "tx_secret", "rx_secret", "rx_next", "rx_prev", "tx_rekey_bytes", "tx_rekey_time",
     )
 
@@ -168,6 +168,7 @@ class Subflow:
         self.rx_prev: SegmentCipher | None = None
         self.tx_rekey_bytes = 1 << 62
         self.tx_rekey_time = float("inf")
+        self.unmacked = 0  # inbound segments in a row without a MAC option (core/stripped.py)
 
     def set_keys(self, conn: Connection, index: int, sym_cipher) -> None:
         self.conn = conn

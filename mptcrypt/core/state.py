@@ -52,6 +52,7 @@ class Ev(Enum):
     REFUSE = "refuse (policy required)"
     GIVE_UP = "handshake retries exhausted"
     CLOSE = "FIN both ways or RST"
+    STRIPPED = "segments keep arriving without their MAC (a middlebox strips the option)"
 
 
 class IllegalTransition(ProtocolError):
@@ -91,6 +92,7 @@ TRANSITIONS: dict[tuple[State | None, Ev], State] = {
     (S.ENCRYPTING, E.RECV_INIT1): S.ENCRYPTING,  # duplicate INIT1: INIT2 is sent again
     (S.ENCRYPTING, E.CLOSE): S.CLOSED,
     (S.ENCRYPTING, E.GIVE_UP): S.FAILED,  # responder: INIT2 never confirmed by a MAC'd segment
+    (S.ENCRYPTING, E.STRIPPED): S.FAILED,  # core/stripped.py: reset, protection cannot continue nor fall back
     (S.PLAIN, E.CLOSE): S.CLOSED,
     (S.CLOSED, E.CLOSE): S.CLOSED,
 }

@@ -30,7 +30,7 @@ MAX_EVENTS = 1024
 
 COUNTERS = (
     "packets", "segments_protected", "segments_verified", "bytes_encrypted", "bytes_decrypted",
-    "mac_failures", "unauthenticated_dropped", "unknown_flow_dropped", "malformed_dropped",
+    "mac_failures", "unauthenticated_dropped", "stripped_resets", "unknown_flow_dropped", "malformed_dropped",
     "pk_keygen", "pk_ops", "pk_handshakes", "handshakes_completed", "resumptions", "resume_fallbacks",
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",

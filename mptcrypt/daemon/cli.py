@@ -53,6 +53,8 @@ examples:
 
 FIRST_COLUMNS = ("local", "remote", "state", "pub_cipher", "sym_cipher", "sid", "resumed")
 SUBFLOWS_KEY = "subflows"
+# The daemon sees addresses as they arrive: behind a NAT, the remote is the NAT's address and port, not the peer's.
+REMOTE_LABEL = "peer-as-seen"
 SID_DIGITS = 8  # hex digits of the session ID in the narrow `sessions` view (--wide and --json show all)
 JSON_HELP = "print JSON on stdout, also when no daemon runs ({\"running\": false, \"error\": ...}, exit 3)"
 
@@ -110,6 +112,14 @@ def register(sub) -> None:
         help="NFQUEUE I/O: netfilterqueue (one recv and one verdict syscall per packet) or batched (the daemon's "
         f"own netlink client: many packets per wakeup, verdicts in one sendmsg); default {DEFAULT_QUEUE_BACKEND}",
     )
+    p.add_argument(
+        "--gateway",
+        action="store_true",
+        help="protect the traffic this router forwards for the networks given with --lan (hosts behind it stay "
+        "unmodified), instead of this host's own connections",
+    )
+    p.add_argument("--lan", action="append", default=[], metavar="CIDR",
+                   help="with --gateway: a network behind this router (repeat for several; IPv4 or IPv6)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, periodic counters")
     p.set_defaults(func=cmd_daemon)
 
@@ -176,7 +186,26 @@ def cmd_daemon(args) -> int:
     if args.takeover:
         options["takeover"] = True
     return run_daemon(config, verbose=args.verbose, loader=lambda: load_config(args.config, **overrides),
-                      queue_backend=args.queue_backend, **options)
+                      queue_backend=args.queue_backend, gateway_lans=_gateway_lans(args), **options)
+
+
+def _gateway_lans(args) -> tuple[str, ...]:
+    """--gateway --lan CIDR...: the LANs, checked; () without --gateway."""
+    import ipaddress
+
+    if args.lan and not args.gateway:
+        raise ConfigError("--lan only makes sense with --gateway")
+    if not args.gateway:
+        return ()
+    if not args.lan:
+        raise ConfigError("--gateway needs the networks behind this router: --lan 192.168.1.0/24 [--lan ...]")
+    lans = []
+    for lan in args.lan:
+        try:
+            lans.append(str(ipaddress.ip_network(lan, strict=False)))
+        except ValueError as exc:
+            raise ConfigError(f"--lan {lan!r}: {exc}") from None
+    return tuple(lans)
 
 
 def _ask(args, what: str, call):
@@ -224,7 +253,7 @@ def cmd_sessions(args) -> int:
     ascii_only = not sys.stdout.isatty()
     if args.wide:
         columns, table = session_table(rows, ascii_only=ascii_only)
-        _print_table(columns, table)
+        _print_table([REMOTE_LABEL if c == "remote" else c for c in columns], table)
     else:
         print("\n".join(session_lines(rows, ascii_only=ascii_only)))
     return 0
@@ -297,7 +326,7 @@ def session_lines(rows: list[dict], ascii_only: bool = False) -> list[str]:
     """The narrow `sessions` view, like tcpcrypt's tcnetstat: one line per connection (local, remote, state, the
     first SID_DIGITS hex digits of the sid, ciphers and flags) that fits 80 columns for IPv4 addresses; an MPTCP
     connection's subflows follow, indented, one line each."""
-    header = ["LOCAL", "REMOTE", "STATE", "SID", "CIPHERS"]
+    header = ["LOCAL", REMOTE_LABEL.upper(), "STATE", "SID", "CIPHERS"]
     table = [header]
     for row in rows:
         sid = row.get("sid")

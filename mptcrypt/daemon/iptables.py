@@ -17,6 +17,25 @@ one). Two chains in the `filter` table, each jumped to from position 1 of its ho
   on the queue (daemon crashed, or not started yet), so nothing leaks in plain text. `fail_open` adds
   `--queue-bypass`: traffic then flows unprotected while the daemon is gone.
 * Only locally generated and locally delivered packets are seen (OUTPUT/INPUT), never forwarded ones.
+* MPTC-IN also queues inbound ICMP "fragmentation needed" / ICMPv6 "Packet Too Big": the daemon lowers the MTU they
+  report by the MAC option's size before its kernel learns it (mptcrypt/wire/icmp.py), else a path with a small MTU
+  is a black hole for segments the kernel sized to fit exactly.
+
+Gateway mode (`mptcrypt daemon --gateway --lan CIDR ...`) protects traffic the host FORWARDS for the LANs behind it
+instead, with two chains in the `mangle` table (the engine is direction-agnostic: outbound = from a LAN host toward
+the peer, whatever that peer's gateway is):
+
+    PREROUTING -> MPTC-GW-OUT                       POSTROUTING -> MPTC-GW-IN
+      -d LAN -j RETURN            (per LAN)           -m mark --mark INJECT_MARK -j RETURN
+      -m addrtype --dst-type LOCAL -j RETURN          -d LAN <ICMP too big> -j NFQUEUE (per LAN)
+      -s LAN -p tcp [ports] -j NFQUEUE (per LAN)      -m addrtype --src-type LOCAL -j RETURN
+                                                      -s LAN -j RETURN (per LAN)
+                                                      -d LAN -p tcp [ports] -j NFQUEUE (per LAN)
+
+PREROUTING sees a LAN host's segment before routing and before a MASQUERADE on the same box rewrites it;
+POSTROUTING (mangle runs before nat there) sees segments toward the LAN after conntrack has undone the NAT, so the
+engine sees both directions of a connection under the same LAN-side addresses. Traffic between two LANs of the same
+gateway, to or from the gateway itself, is left alone. The queue worker takes PREROUTING as outbound.
 
 Rules go in atomically with `iptables-restore --noflush` (all of them or none), the same for ip6tables when it is
 installed. Removal deletes the jumps, flushes and deletes the two chains; it is idempotent. Chains found at start
@@ -32,13 +51,17 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from mptcrypt.constants import CHAIN_IN, CHAIN_OUT, INJECT_MARK
+import ipaddress
+
+from mptcrypt.constants import CHAIN_IN, CHAIN_OUT, CHAIN_PREFIX, INJECT_MARK
 from mptcrypt.errors import KernelFeatureError, MptcryptError
 
 log = logging.getLogger("mptcrypt.iptables")
 
 # Hook chain -> our chain, and the interface flag matching loopback in that direction.
 HOOKS = (("OUTPUT", CHAIN_OUT, "-o"), ("INPUT", CHAIN_IN, "-i"))
+CHAIN_GW_OUT, CHAIN_GW_IN = CHAIN_PREFIX + "GW-OUT", CHAIN_PREFIX + "GW-IN"
+GW_HOOKS = (("PREROUTING", CHAIN_GW_OUT, ""), ("POSTROUTING", CHAIN_GW_IN, ""))  # in the mangle table
 MULTIPORT_MAX = 15  # iptables multiport: at most 15 ports per rule, a range counts as two
 COMMAND_TIMEOUT = 30.0
 
@@ -48,10 +71,11 @@ class Family:
     name: str  # "IPv4" / "IPv6"
     save: str
     restore: str
+    too_big: str  # the match of the ICMP message reporting a path MTU (RFC 1191 §4, RFC 4443 §3.2)
 
 
-IPV4 = Family("IPv4", "iptables-save", "iptables-restore")
-IPV6 = Family("IPv6", "ip6tables-save", "ip6tables-restore")
+IPV4 = Family("IPv4", "iptables-save", "iptables-restore", "-p icmp --icmp-type fragmentation-needed")
+IPV6 = Family("IPv6", "ip6tables-save", "ip6tables-restore", "-p ipv6-icmp --icmpv6-type packet-too-big")
 
 
 def multiport_specs(ports: tuple[tuple[int, int], ...]) -> list[str]:
@@ -71,7 +95,8 @@ def multiport_specs(ports: tuple[tuple[int, int], ...]) -> list[str]:
     return specs
 
 
-def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False) -> list[str]:
+def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
+               family: Family = IPV4) -> list[str]:
     """The `-A`/`-I` lines (iptables-restore syntax) of the daemon's chains and their jumps, in order."""
     target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
     specs = multiport_specs(ports)
@@ -83,28 +108,67 @@ def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_ope
             lines.extend(f"-A {chain} -p tcp -m multiport --ports {spec} {target}" for spec in specs)
         else:
             lines.append(f"-A {chain} -p tcp {target}")
+        if chain == CHAIN_IN:
+            lines.append(f"-A {chain} {family.too_big} {target}")
     lines.extend(f"-I {hook} 1 -j {chain}" for hook, chain, _ in HOOKS)
     return lines
 
 
-def install_script(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False) -> str:
-    """iptables-restore --noflush input creating both chains (empty) and their rules, in one transaction."""
-    head = ["*filter"] + [f":{chain} - [0:0]" for _hook, chain, _ in HOOKS]
-    return "\n".join(head + rule_lines(queue_num, ports, fail_open) + ["COMMIT", ""])
+def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple[int, int], ...] = (),
+                       fail_open: bool = False, family: Family = IPV4) -> list[str]:
+    """The mangle-table lines of gateway mode for the LANs of `family` (see the module docstring)."""
+    target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
+    version = 4 if family is IPV4 else 6
+    mine = [str(ipaddress.ip_network(lan, strict=False)) for lan in lans
+            if ipaddress.ip_network(lan, strict=False).version == version]
+    tcp = [f"-p tcp -m multiport --ports {spec}" for spec in multiport_specs(ports)] or ["-p tcp"]
+    out, into = CHAIN_GW_OUT, CHAIN_GW_IN
+    lines = [f"-A {out} -d {lan} -j RETURN" for lan in mine]
+    lines.append(f"-A {out} -m addrtype --dst-type LOCAL -j RETURN")
+    lines += [f"-A {out} -s {lan} {match} {target}" for lan in mine for match in tcp]
+    lines.append(f"-A {into} -m mark --mark {INJECT_MARK:#x} -j RETURN")
+    lines += [f"-A {into} -d {lan} {family.too_big} {target}" for lan in mine]
+    lines.append(f"-A {into} -m addrtype --src-type LOCAL -j RETURN")
+    lines += [f"-A {into} -s {lan} -j RETURN" for lan in mine]
+    lines += [f"-A {into} -d {lan} {match} {target}" for lan in mine for match in tcp]
+    lines += [f"-I {hook} 1 -j {chain}" for hook, chain, _ in GW_HOOKS]
+    return lines
 
 
-def chains_present(save_output: str) -> set[str]:
-    """Which of our chains an `iptables-save -t filter` dump declares."""
-    ours = {chain for _hook, chain, _ in HOOKS}
+def install_script(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
+                   family: Family = IPV4, lans: tuple[str, ...] = ()) -> str:
+    """iptables-restore --noflush input creating both chains (empty) and their rules, in one transaction.
+    With `lans`: gateway mode's chains in the mangle table."""
+    return "\n".join(_declarations(lans) + _body(queue_num, ports, fail_open, family, lans) + ["COMMIT", ""])
+
+
+def _declarations(lans: tuple[str, ...]) -> list[str]:
+    table, hooks = _layout(lans)
+    return [f"*{table}"] + [f":{chain} - [0:0]" for _hook, chain, _ in hooks]
+
+
+def _body(queue_num, ports, fail_open, family, lans) -> list[str]:
+    return gateway_rule_lines(queue_num, lans, ports, fail_open, family) if lans else \
+        rule_lines(queue_num, ports, fail_open, family)
+
+
+def _layout(lans: tuple[str, ...]) -> tuple[str, tuple]:
+    return ("mangle", GW_HOOKS) if lans else ("filter", HOOKS)
+
+
+def chains_present(save_output: str, hooks: tuple = HOOKS) -> set[str]:
+    """Which of our chains an `iptables-save -t TABLE` dump declares."""
+    ours = {chain for _hook, chain, _ in hooks}
     return {line[1:].split()[0] for line in save_output.splitlines() if line.startswith(":")} & ours
 
 
-def removal_script(save_output: str) -> str | None:
+def removal_script(save_output: str, lans: tuple[str, ...] = ()) -> str | None:
     """iptables-restore --noflush input deleting every jump to our chains, then the chains. None: nothing to do."""
-    present = chains_present(save_output)
+    table, hooks = _layout(lans)
+    present = chains_present(save_output, hooks)
     if not present:
         return None
-    lines = ["*filter"]
+    lines = [f"*{table}"]
     for line in save_output.splitlines():
         parts = line.split()
         # e.g. "-A OUTPUT -j MPTC-OUT" (possibly with counters or extra matches a user added: delete as saved)
@@ -116,17 +180,19 @@ def removal_script(save_output: str) -> str | None:
 
 
 def replace_script(save_output: str, queue_num: int, ports: tuple[tuple[int, int], ...] = (),
-                   fail_open: bool = False) -> str:
+                   fail_open: bool = False, family: Family = IPV4, lans: tuple[str, ...] = ()) -> str:
     """iptables-restore --noflush input replacing chains already present by ours in ONE transaction: declaring a
     chain flushes it, the old jumps are deleted and the new ones inserted at once. Never a moment without rules
     (a restart or a graceful handover would otherwise let segments of protected connections pass in clear)."""
-    present = chains_present(save_output)
-    lines = ["*filter"] + [f":{chain} - [0:0]" for _hook, chain, _ in HOOKS]
+    _table, hooks = _layout(lans)
+    present = chains_present(save_output, hooks)
+    deletes = []
     for line in save_output.splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "-A" and parts[1] not in present and _jumps_to(parts, present):
-            lines.append("-D" + line[2:])
-    return "\n".join(lines + rule_lines(queue_num, ports, fail_open) + ["COMMIT", ""])
+            deletes.append("-D" + line[2:])
+    body = _body(queue_num, ports, fail_open, family, lans)
+    return "\n".join(_declarations(lans) + deletes + body + ["COMMIT", ""])
 
 
 def _jumps_to(parts: list[str], chains: set[str]) -> bool:
@@ -140,12 +206,15 @@ class Rules:
     """The daemon's rules in this network namespace for IPv4 and, when ip6tables exists, IPv6."""
 
     def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
-                 require_ipv6: bool = False):
-        """`require_ipv6`: a policy requires protection, so IPv6 traffic the kernel carries must be intercepted
-        too: without ip6tables the daemon refuses to start instead of leaving IPv6 in clear."""
+                 lans: tuple[str, ...] = (), require_ipv6: bool = False):
+        """`lans`: gateway mode, protect what is forwarded for these networks. `require_ipv6`: a policy requires
+        protection, so IPv6 traffic the kernel carries must be intercepted too: without ip6tables the daemon
+        refuses to start instead of leaving IPv6 in clear."""
         self.queue_num = queue_num
         self.ports = ports
         self.fail_open = fail_open
+        self.lans = tuple(lans)
+        self.table, self.hooks = _layout(self.lans)
         self.families = self._families(require_ipv6)
         self.installed: list[Family] = []
 
@@ -171,11 +240,10 @@ class Rules:
 
     def install(self) -> None:
         """Replace stale chains if any, then add ours atomically per family. On failure nothing of ours is left."""
-        script = install_script(self.queue_num, self.ports, self.fail_open)
         try:
             for fam in self.families:
-                save = _run([fam.save, "-t", "filter"], fam)
-                present = chains_present(save)
+                save = _run([fam.save, "-t", self.table], fam)
+                present = chains_present(save, self.hooks)
                 if present:
                     log.warning(
                         "replacing stale %s chains %s left by a daemon that did not exit cleanly (or handed over)",
@@ -183,9 +251,10 @@ class Rules:
                         ", ".join(sorted(present)),
                     )
                     _run([fam.restore, "-w", "--noflush"], fam,
-                         replace_script(save, self.queue_num, self.ports, self.fail_open))
+                         replace_script(save, self.queue_num, self.ports, self.fail_open, fam, self.lans))
                 else:
-                    _run([fam.restore, "-w", "--noflush"], fam, script)
+                    _run([fam.restore, "-w", "--noflush"], fam,
+                         install_script(self.queue_num, self.ports, self.fail_open, fam, self.lans))
                 self.installed.append(fam)
         except BaseException:
             try:
@@ -200,7 +269,7 @@ class Rules:
         errors = []
         for fam in self.families:
             try:
-                script = removal_script(_run([fam.save, "-t", "filter"], fam))
+                script = removal_script(_run([fam.save, "-t", self.table], fam), self.lans)
                 if script is not None:
                     _run([fam.restore, "-w", "--noflush"], fam, script)
             except MptcryptError as exc:
@@ -211,7 +280,8 @@ class Rules:
 
     def present(self) -> dict[str, set[str]]:
         """Family name -> which of our chains exist now (for tests and diagnostics)."""
-        return {fam.name: chains_present(_run([fam.save, "-t", "filter"], fam)) for fam in self.families}
+        return {fam.name: chains_present(_run([fam.save, "-t", self.table], fam), self.hooks)
+                for fam in self.families}
 
 
 def _run(argv: list[str], fam: Family, stdin: str | None = None) -> str:

@@ -37,6 +37,7 @@ from mptcrypt.crypto import segment
 from mptcrypt.core.state import LIVE as HANDSHAKE_STATES
 from mptcrypt.daemon.config import DaemonConfig, describe, format_ports
 from mptcrypt.daemon.control import ControlServer, Deferred
+from mptcrypt.daemon.icmp_edge import TooBigClamp
 from mptcrypt.daemon.iptables import Rules
 from mptcrypt.daemon.keylog import KeyLog
 from mptcrypt.daemon.metrics import MetricsServer, exposition
@@ -62,7 +63,7 @@ VERBOSE_STATS_EVERY = 10.0  # with -v: a counters line this often, when they cha
 MAX_SID_WAIT = 30.0  # longest a `sid` request may stay parked waiting for its handshake
 
 
-def make_engine(config: DaemonConfig, key_log=None):
+def make_engine(config: DaemonConfig, key_log=None, gateway: bool = False):
     """The protocol engine; MPTCRYPT_ENGINE=module:Class selects a stand-in (edge tests only: the counting
     pass-through engine lives in tests/integration/passthrough.py)."""
     choice = os.environ.get(ENGINE_ENV, "")
@@ -84,7 +85,8 @@ def make_engine(config: DaemonConfig, key_log=None):
         raise MptcryptError("this mptcrypt build has no protocol engine (mptcrypt.core.engine is missing)") from None
     from mptcrypt.daemon.sockdiag import sockets_alive
 
-    return Engine(config, socket_alive=sockets_alive, key_log=key_log)
+    # a gateway forwards other hosts' connections: no local socket to ask about, idle flows age out as before
+    return Engine(config, socket_alive=None if gateway else sockets_alive, key_log=key_log)
 
 
 def _addr(value, what: str) -> tuple[str, int]:
@@ -112,9 +114,10 @@ class Daemon:
     def __init__(self, config: DaemonConfig, engine=None, control_name: str = CONTROL_SOCKET, verbose: bool = False,
                  loader: Callable[[], DaemonConfig] | None = None, takeover: bool = False,
                  metrics: tuple[str, int] | None = None, keylog: str | None = None,
-                 queue_backend: str = DEFAULT_QUEUE_BACKEND):
+                 queue_backend: str = DEFAULT_QUEUE_BACKEND, gateway_lans: tuple[str, ...] = ()):
         self.config = config
         self.queue_backend = queue_backend
+        self.gateway_lans = tuple(gateway_lans)  # gateway mode: protect forwarded traffic of these LANs
         self.engine = engine
         self.control_name = control_name
         self.verbose = verbose
@@ -176,13 +179,14 @@ class Daemon:
                 **describe(self.config),
                 "reloads": self.reloads,
                 "engine": getattr(engine, "name", type(engine).__name__),
+                "gateway": list(self.gateway_lans),
                 "version": __version__,
                 "keylog": self.keylog_path,
             }
         if cmd == "sessions":
             return {"ok": True, "sessions": engine.sessions()}
         if cmd == "stats":
-            edge = self.worker.stats() if self.worker is not None else {}
+            edge = {**self.worker.stats(), **self.clamp.counters} if self.worker is not None else {}
             return {"ok": True, "stats": engine.stats(), "edge": edge}
         if cmd == "monitor":  # the control server streams engine events to this client from now on
             return {"ok": True, "subscribe": True}
@@ -257,18 +261,21 @@ class Daemon:
                     self.keylog = KeyLog(self.keylog_path, PROTOCOL_VERSION)
                     log.warning("KEY LOG ON: every subflow's traffic keys go to %s; whoever reads it can decrypt "
                                 "captured traffic. Use it for debugging only, then delete it", self.keylog_path)
-                self.engine = make_engine(config, key_log=self.keylog)
+                self.engine = make_engine(config, key_log=self.keylog, gateway=bool(self.gateway_lans))
             if handover is not None:
                 log.info("took over %d flows from the previous daemon", self.engine.import_state(handover))
             log.info("segment path: %s (%s)", segment.SEGMENT_PATH, segment.SEGMENT_PATH_REASON)
             raw = RawSocket()
-            worker, backend = make_queue_worker(self.queue_backend, self.engine, config.queue_num, raw.send)
+            # ICMP "too big" -> MTU minus the MAC option, else the engine; a router's forwarding path checks the device
+            # MTU, not the learned one, so a gateway need not resend anything through the raw socket
+            self.clamp = TooBigClamp(self.engine, resend=not self.gateway_lans)
+            worker, backend = make_queue_worker(self.queue_backend, self.clamp, config.queue_num, raw.send)
             self.worker = worker
             log.info("queue backend: %s", backend)
             worker.on_events = lambda events: control.publish([event_record(e) for e in events])
             worker.bind()
             required = config.policy is Policy.REQUIRED or any(r.policy is Policy.REQUIRED for r in config.rules)
-            rules = Rules(config.queue_num, config.ports, config.fail_open, require_ipv6=required)
+            rules = Rules(config.queue_num, config.ports, config.fail_open, self.gateway_lans, require_ipv6=required)
             rules.install()  # last: from here on packets are queued, and we are listening
             control.attach(selector)
             if metrics is not None:
@@ -276,12 +283,13 @@ class Daemon:
             selector.register(worker.fileno(), selectors.EVENT_READ, lambda _mask: worker.read())
             selector.register(wake_r, selectors.EVENT_READ, lambda _mask: _drain(wake_r))
             log.info(
-                "%s (queue %d, ports %s, policy %s, %s)",
+                "%s (queue %d, ports %s, policy %s, %s%s)",
                 READY_MARKER,
                 config.queue_num,
                 format_ports(config.ports),
                 config.policy.value,
                 "fail-open" if config.fail_open else "fail-closed",
+                f", gateway for {', '.join(self.gateway_lans)}" if self.gateway_lans else "",
             )
             self.notifier.ready(f"protecting ports {format_ports(config.ports)}, policy {config.policy.value}")
             worker.tick()
@@ -417,7 +425,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[], DaemonConfig] | None = None,
-               takeover: bool = False, queue_backend: str = DEFAULT_QUEUE_BACKEND, **options) -> int:
+               takeover: bool = False, queue_backend: str = DEFAULT_QUEUE_BACKEND,
+               gateway_lans: tuple[str, ...] = (), **options) -> int:
     """Run the daemon in the foreground in the current network namespace until SIGTERM/SIGINT. Returns 0.
     `loader` reads the configuration again on SIGHUP; `takeover` takes the live sessions over from the daemon
     running now (graceful restart); `options`: metrics=(addr, port), keylog=path."""
@@ -428,4 +437,4 @@ def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[],
         )
     setup_logging(verbose)
     return Daemon(config, verbose=verbose, loader=loader, takeover=takeover, queue_backend=queue_backend,
-                  **options).run()
+                  gateway_lans=gateway_lans, **options).run()

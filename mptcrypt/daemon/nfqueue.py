@@ -37,6 +37,7 @@ _ACCEPT, _HOLD = Verdict.ACCEPT, Verdict.HOLD
 
 NF_INET_LOCAL_IN = 1
 NF_INET_LOCAL_OUT = 3
+NF_INET_PRE_ROUTING = 0  # gateway mode: a LAN host's segment before it is forwarded toward the peer
 MAX_QUEUE_LEN = 4096  # packets the kernel may hold for us before it drops (fail-closed) or bypasses (fail-open)
 COPY_LIMIT = 4016  # netfilterqueue's BufferSize (4096) minus its metadata allowance (80)
 NLMSG_BUDGET = COPY_LIMIT + 780  # netfilterqueue's measured per-message socket overhead
@@ -170,7 +171,7 @@ class QueueWorker:
         decided = False
         try:
             payload = pkt.get_payload()
-            outbound = pkt.hook == NF_INET_LOCAL_OUT
+            outbound = pkt.hook == NF_INET_LOCAL_OUT or pkt.hook == NF_INET_PRE_ROUTING
             counters["nfq_outbound" if outbound else "nfq_inbound"] += 1
             if len(payload) >= COPY_LIMIT and len(payload) < ip_total_length(payload):
                 counters["nfq_truncated"] += 1

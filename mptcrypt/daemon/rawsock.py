@@ -18,6 +18,10 @@ from mptcrypt.wire.segment import destination as ip_destination
 
 SNDBUF = 4 << 20  # room for a burst of released held segments
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux <asm-generic/socket.h>; not exported by Python
+# Keep DF but check a packet against the device MTU, not the learned path MTU: the daemon resends through here the
+# segments that fit the path only because it reported the path MTU 12 bytes low (daemon/icmp_edge.py).
+IP_PMTUDISC_PROBE = IPV6_PMTUDISC_PROBE = 3  # <linux/in.h>, <linux/in6.h>
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 
 
 def destination(packet: bytes) -> tuple[int, str]:
@@ -34,6 +38,9 @@ def _open(family: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, socket.IPPROTO_RAW)
     if family == socket.AF_INET:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+        sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10), IP_PMTUDISC_PROBE)
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, INJECT_MARK)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (without the time series)")
     p.add_argument("--list", action="store_true", help="list the shipped scenarios and exit")
+    p.add_argument("--nat", action="store_true", help="run through port-rewriting NATs on both networks "
+                   "(topologies/handover.py nat=True)")
     p.add_argument("--cc", metavar="NAME", help="TCP congestion control of the bulk and request "
                    "connections (setsockopt TCP_CONGESTION; e.g. cubic, bbr, reno; default: the machine's, recorded "
                    "in the JSON)")
@@ -89,6 +91,8 @@ def cmd_handover(args: argparse.Namespace) -> int:
     if args.list:
         return cmd_list(args.json)
     scenario = load_scenario(args.scenario)
+    if args.nat:
+        scenario.topo_args["nat"] = True
     require_root("mptcrypt handover")
     # SIGTERM/SIGHUP unwind like Ctrl-C, so that the runner's `finally` stops the daemons and deletes the network
     for signum in (signal.SIGTERM, signal.SIGHUP):

@@ -53,7 +53,7 @@ SCENARIO_DIR = REPO / "topologies" / "scenarios"
 TOPOLOGY_FILE = REPO / "topologies" / "handover.py"
 
 INTERFACES = ("wifi", "lte")
-TOPO_KEYS = frozenset({"wifi_bw", "lte_bw", "wifi_loss", "lte_loss", "wifi_delay", "lte_delay"})
+TOPO_KEYS = frozenset({"wifi_bw", "lte_bw", "wifi_loss", "lte_loss", "wifi_delay", "lte_delay", "nat"})
 DIRECTIONS = ("up", "down")
 ACTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # action: (required fields, optional fields) besides at/action/intf/label
@@ -216,7 +216,7 @@ def parse_scenario(data: dict[str, Any], name: str, path: str | None = None) -> 
     topo = data.get("topo", {})
     if not isinstance(topo, dict) or set(topo) - TOPO_KEYS:
         raise ConfigError(f"{what}: topo takes wifi_bw, lte_bw (Mbit/s), wifi_loss, lte_loss (%), "
-                          "wifi_delay, lte_delay (one way, e.g. '10ms')")
+                          "wifi_delay, lte_delay (one way, e.g. '10ms'), nat (bool)")
     setup = [parse_event(e, f"{what}: setup[{i}]", False, duration) for i, e in enumerate(data.get("setup", []))]
     events = [parse_event(e, f"{what}: events[{i}]", True, duration) for i, e in enumerate(data.get("events", []))]
     if not events:

@@ -37,6 +37,7 @@ from mptcrypt.topo.spec import (
     loss_script,
     parse_ipv4,
     parse_ipv4_cidr,
+    parse_mtu,
     plan_topology,
     policy_tables,
     sysctl_script,
@@ -413,6 +414,7 @@ class Net:
             self._apply_routes(node)
         late = {n.ns: sysctl_script(n.plan.sysctls) for n in self.hosts if n.plan.sysctls}
         netns.run_scripts(late)
+        commands = {n.ns: "set -e\n" + "\n".join(n.plan.commands) + "\n" for n in self.hosts if n.plan.commands}
         for node in self.nodes.values():
             for intf in node.plan.intfs:
                 if intf.shaping.bw is not None or (intf.shaping.needs_netem and self._netem):
@@ -420,6 +422,7 @@ class Net:
         self._apply_loss()
         for node in self.hosts:
             self._apply_mptcp(node)
+        netns.run_scripts(commands)  # last: a host's commands (NAT rules, routes) see the finished network
 
     def _probe_netem(self, node: Node) -> bool:
         """Whether this kernel has netem: add one to the namespace's loopback and take it away again."""
@@ -498,8 +501,13 @@ class Net:
             ipr.link("set", index=idx, master=node.ifindex(node.plan.bridge))
             if node.plan.hub:
                 self._nl(f"turning learning off on {node.name}:{intf.name}", ipr.brport, "set", index=idx, learning=0)
+        if intf.mtu is not None:
+            self._nl(f"MTU {intf.mtu} on {node.name}:{intf.name}", ipr.link, "set", index=idx, mtu=intf.mtu)
         if intf.addr is not None:
             ipr.addr("add", index=idx, address=str(intf.addr.ip), prefixlen=intf.addr.network.prefixlen)
+        if intf.addr6 is not None:
+            self._nl(f"IPv6 address on {node.name}:{intf.name}", ipr.addr, "add", index=idx,
+                     address=str(intf.addr6.ip), prefixlen=intf.addr6.network.prefixlen)
         ipr.link("set", index=idx, state="up" if intf.up else "down")
 
     def _apply_routes(self, node: Node) -> None:
@@ -508,7 +516,8 @@ class Net:
         up = {i.name for i in node.plan.intfs if i.up}
         for pt in policy_tables(node.plan):
             try:
-                ipr.rule("add", table=pt.table, priority=pt.pref, src=str(pt.src), src_len=32)
+                ipr.rule("add", table=pt.table, priority=pt.pref, src=str(pt.src), src_len=pt.src.max_prefixlen,
+                         family=_family(pt.src))
             except Exception as exc:
                 if _nl_code(exc) != EEXIST:
                     raise KernelFeatureError(f"ip rule from {pt.src} table {pt.table} on {node.name}: {exc}") from exc
@@ -522,7 +531,7 @@ class Net:
             if pt.gw is not None:
                 self._nl(
                     f"default via {pt.gw} table {pt.table} on {node.name}", ipr.route, "replace",
-                    dst="0.0.0.0/0", gateway=str(pt.gw), oif=idx, table=pt.table,
+                    dst=pt.default_dst, gateway=str(pt.gw), oif=idx, table=pt.table,
                 )
         if node.plan.default_route is not None:
             gw, dev = node.plan.default_route
@@ -530,6 +539,10 @@ class Net:
                 kw: dict[str, Any] = {"gateway": str(gw)} if gw is not None else {"scope": SCOPE_LINK}
                 self._nl(f"default route on {node.name}", ipr.route, "replace", dst="0.0.0.0/0",
                          oif=node.ifindex(dev), **kw)
+        gw6 = [i for i in node.plan.intfs if i.gw6 is not None and i.name in up]
+        if gw6:  # the main table's IPv6 default: the lowest-numbered interface with a gw6
+            self._nl(f"IPv6 default route on {node.name}", ipr.route, "replace", dst="::/0",
+                     gateway=str(gw6[0].gw6), oif=node.ifindex(gw6[0].name))
 
     def _apply_qdisc(self, node: Node, intf: Intf) -> None:
         """Egress shaping of one interface: tbf (or htb) for bw, netem below it for delay/jitter."""
@@ -603,7 +616,8 @@ class Net:
             self._add_endpoint(node, ep)
 
     def _add_endpoint(self, node: Node, ep: Endpoint) -> None:
-        kw: dict[str, Any] = {"addr": ep.addr, "flags": ep.flags}
+        # pyroute2: `addr` means IPv4 (an IPv6 string there becomes a bogus IPv4 address), `addr6` IPv6
+        kw: dict[str, Any] = {"addr6" if ":" in ep.addr else "addr": ep.addr, "flags": ep.flags}
         if ep.id is not None:
             kw["id"] = ep.id
         if ep.port is not None:
@@ -703,6 +717,14 @@ class Net:
         for node, i in self._ends(a, b, intf):
             self.set_intf(node.name, i.name, **params)
 
+    def set_mtu(self, node: str, intf: str, mtu: int) -> None:
+        """Change one interface's MTU at run time (a path whose MTU drops mid-transfer)."""
+        self._require_up()
+        n = self[node]
+        i = n.plan.intf(intf)
+        i.mtu = parse_mtu(mtu, f"set_mtu {node}:{intf}")
+        self._nl(f"MTU {mtu} on {node}:{intf}", n.ipr.link, "set", index=n.ifindex(intf), mtu=i.mtu)
+
     def set_addr(self, host: str, intf: str, cidr: str | None, gw: Any = _KEEP) -> None:
         """Give `intf` a new address (a mobile moving to another network), or none (cidr=None).
 
@@ -731,7 +753,8 @@ class Net:
                     raise
         for pt in old_tables.values():  # tables of every interface: multihoming may have changed
             try:
-                n.ipr.rule("del", table=pt.table, priority=pt.pref, src=str(pt.src), src_len=32)
+                n.ipr.rule("del", table=pt.table, priority=pt.pref, src=str(pt.src), src_len=pt.src.max_prefixlen,
+                           family=_family(pt.src))
             except Exception as exc:
                 if _nl_code(exc) not in (ENOENT, ESRCH):
                     raise
@@ -766,6 +789,10 @@ class Net:
             if ep.id is None:
                 ep.id = old_id  # keep the id the peer knows this path by
             self._add_endpoint(n, ep)
+
+
+def _family(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return socket.AF_INET if addr.version == 4 else socket.AF_INET6
 
 
 def _pid_alive(pid: int) -> bool:

@@ -31,13 +31,15 @@ DELAY_KEYS = frozenset({"delay", "jitter", "reorder", "duplicate"})
 SHAPING_KEYS = frozenset({"bw", "loss", "max_queue_size", "use_htb"}) | DELAY_KEYS
 DELAY_NS_PREFIX = NAME_PREFIX + "link-"  # namespace of a link's delay line: mptc-link-<node1>-<intf1>
 LINK_KEYS = frozenset({"node1", "node2", "port1", "port2", "key", "intfName1", "intfName2", "params1", "params2",
-                       "addr1", "addr2"}) | SHAPING_KEYS
+                       "addr1", "addr2", "mtu"}) | SHAPING_KEYS
 # Mininet link options that change nothing here (the link class, htb's r2q, tbf being our default).
 LINK_IGNORED = frozenset({"cls", "cls1", "cls2", "intf", "fast", "r2q", "use_tbf"})
 # Mininet link options with an effect this engine does not reproduce: refused when set.
 LINK_REFUSED = frozenset({"enable_ecn", "enable_red", "use_hfsc", "speedup", "latency_ms", "gro", "txo", "rxo"})
-INTF_KEYS = frozenset({"ip", "mac", "gw"}) | SHAPING_KEYS
-HOST_KEYS = frozenset({"ip", "mac", "defaultRoute", "mptcp", "ipv6", "sysctls"})
+INTF_KEYS = frozenset({"ip", "mac", "gw", "ip6", "gw6", "mtu"}) | SHAPING_KEYS
+HOST_KEYS = frozenset({"ip", "mac", "defaultRoute", "mptcp", "ipv6", "sysctls", "router", "commands"})
+POLICY6_TABLE_BASE = 200  # IPv6 per-path tables (their rules share the IPv4 priorities: another family)
+MTU_MIN, MTU_MAX = 1280, 65535  # 1280: the IPv6 minimum (RFC 8200 §5), also the smallest the topologies need
 HOST_IGNORED = frozenset({"cls", "inNamespace", "privateDirs"})
 SWITCH_KEYS = frozenset({"hub", "isSwitch"})
 # Mininet/OVS switch options that mean nothing for a Linux bridge.
@@ -83,6 +85,9 @@ class Intf:
     mac: str | None = None
     shaping: Shaping = field(default_factory=Shaping)
     up: bool = True
+    addr6: ipaddress.IPv6Interface | None = None  # params 'ip6' (the host needs ipv6=True)
+    gw6: ipaddress.IPv6Address | None = None  # next hop of this interface's per-path IPv6 default route
+    mtu: int | None = None  # None: the veth default (1500)
 
 
 @dataclass
@@ -110,10 +115,14 @@ class PolicyTable:
 
     table: int
     pref: int
-    src: ipaddress.IPv4Address
-    subnet: ipaddress.IPv4Network
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
     dev: str
-    gw: ipaddress.IPv4Address | None
+    gw: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+
+    @property
+    def default_dst(self) -> str:
+        return "0.0.0.0/0" if self.src.version == 4 else "::/0"
 
 
 @dataclass
@@ -141,6 +150,8 @@ class NodePlan:
     mptcp: MptcpSettings | None = None
     ipv6: bool = False
     sysctls: dict[str, str] = field(default_factory=dict)
+    router: bool = False  # forwards IPv4 (and IPv6 with ipv6=True) between its interfaces
+    commands: list[str] = field(default_factory=list)  # shell lines run in the namespace once it is built
 
     @property
     def bridge(self) -> str:
@@ -157,6 +168,9 @@ class NodePlan:
 
     def addressed(self) -> list[Intf]:
         return [i for i in self.intfs if i.addr is not None]
+
+    def addressed6(self) -> list[Intf]:
+        return [i for i in self.intfs if i.addr6 is not None]
 
     @property
     def multihomed(self) -> bool:
@@ -271,26 +285,43 @@ def apply_shaping(shaping: Shaping, params: dict, where: str) -> Shaping:
 
 
 def parse_ipv4_cidr(value: Any, what: str) -> ipaddress.IPv4Interface:
+    return _parse_cidr(value, what, 4)
+
+
+def parse_ipv6_cidr(value: Any, what: str) -> ipaddress.IPv6Interface:
+    return _parse_cidr(value, what, 6)
+
+
+def _parse_cidr(value: Any, what: str, version: int) -> Any:
     text = str(value)
     if "/" not in text:
-        raise ConfigError(f"{what}: give the prefix length, e.g. '{text}/24'")
+        raise ConfigError(f"{what}: give the prefix length, e.g. '{text}/{24 if version == 4 else 64}'")
     try:
         addr = ipaddress.ip_interface(text)
     except ValueError as exc:
         raise ConfigError(f"{what}: {exc}") from None
-    if not isinstance(addr, ipaddress.IPv4Interface):
-        raise ConfigError(f"{what}: only IPv4 addresses are supported, got {text!r}")
+    if addr.version != version:
+        raise ConfigError(f"{what}: expected an IPv{version} address, got {text!r}")
     return addr
 
 
 def parse_ipv4(value: Any, what: str) -> ipaddress.IPv4Address:
-    try:
-        addr = ipaddress.ip_address(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
+    addr = parse_ip(value, what)
     if not isinstance(addr, ipaddress.IPv4Address):
         raise ConfigError(f"{what}: only IPv4 is supported, got {value!r}")
     return addr
+
+
+def parse_ip(value: Any, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address of either family (MPTCP endpoints may be IPv6, RFC 8684 §3.4.1)."""
+    try:
+        return ipaddress.ip_address(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def parse_mtu(value: Any, what: str) -> int | None:
+    return None if value is None else int(_number(value, f"{what}: mtu", MTU_MIN, MTU_MAX))
 
 
 def parse_flags(value: Any, what: str) -> int:
@@ -346,12 +377,12 @@ def parse_endpoint(ep: Any, node: NodePlan, what: str) -> Endpoint:
     if not isinstance(ep, dict) or "addr" not in ep:
         raise ConfigError(f"{what}: expected a dict with at least 'addr', e.g. {{'addr': '10.0.2.2', 'flags': ['subflow']}}")
     _check_keys(ep, ENDPOINT_KEYS, frozenset(), what)
-    addr = parse_ipv4(ep["addr"], what)
+    addr = parse_ip(ep["addr"], what)
     dev = ep.get("dev")
     if dev is not None:
         node.intf(dev)
     else:
-        owners = [i.name for i in node.intfs if i.addr is not None and i.addr.ip == addr]
+        owners = [i.name for i in node.intfs if addr in {a.ip for a in (i.addr, i.addr6) if a is not None}]
         if not owners:
             raise ConfigError(f"{what}: {addr} is not an address of {node.name}; give 'dev' or fix the address")
         dev = owners[0]
@@ -458,6 +489,16 @@ def plan_topology(topo: Any) -> NetPlan:
             intf.mac = params.get("mac") or info.get(f"addr{side}")
             if params.get("gw") is not None:
                 intf.gw = parse_ipv4(params["gw"], f"{what}, {ifname}: gw")
+            if params.get("ip6") is not None:
+                if node.is_switch:
+                    raise ConfigError(f"{what}: switch port {ifname} cannot have an IP address")
+                intf.addr6 = parse_ipv6_cidr(params["ip6"], f"{what}, {ifname}: ip6")
+            if params.get("gw6") is not None:
+                gw6 = parse_ip(params["gw6"], f"{what}, {ifname}: gw6")
+                if gw6.version != 6:
+                    raise ConfigError(f"{what}, {ifname}: gw6 must be an IPv6 address, got {gw6}")
+                intf.gw6 = gw6
+            intf.mtu = parse_mtu(params.get("mtu", info.get("mtu")), f"{what}, {ifname}")
             node.intfs.append(intf)
             ends.append(intf)
         a, b = ends
@@ -475,6 +516,10 @@ def plan_topology(topo: Any) -> NetPlan:
         for intf in node.intfs:
             if intf.gw is not None and (intf.addr is None or intf.gw not in intf.addr.network):
                 raise ConfigError(f"host {name}: gw {intf.gw} of {intf.name} is not in {intf.name}'s subnet")
+            if intf.gw6 is not None and (intf.addr6 is None or intf.gw6 not in intf.addr6.network):
+                raise ConfigError(f"host {name}: gw6 {intf.gw6} of {intf.name} is not in {intf.name}'s subnet")
+            if intf.addr6 is not None and not node.ipv6:
+                raise ConfigError(f"host {name}: {intf.name} has an ip6 address: add ipv6=True to the host")
         if opts.get("defaultRoute"):
             node.default_route = parse_default_route(opts["defaultRoute"], node)
         node.mptcp = parse_mptcp(opts.get("mptcp"), node)
@@ -485,6 +530,11 @@ def plan_topology(topo: Any) -> NetPlan:
             if not _SYSCTL_KEY_RE.match(str(key)) or ".." in str(key):
                 raise ConfigError(f"host {name}: bad sysctl name {key!r}")
             node.sysctls[str(key)] = str(int(value) if isinstance(value, bool) else value)
+        node.router = bool(opts.get("router", False))
+        commands = opts.get("commands") or []
+        if isinstance(commands, str) or not all(isinstance(c, str) for c in commands):
+            raise ConfigError(f"host {name}: commands must be a list of shell lines, e.g. ['iptables -t nat ...']")
+        node.commands = list(commands)
     for node in nodes.values():
         node.intfs.sort(key=lambda i: i.port)
         ports = [i.port for i in node.intfs]
@@ -509,20 +559,23 @@ def policy_tables(node: NodePlan) -> list[PolicyTable]:
     destination the table does not cover falls through to the main table (destination routing), which is
     what lets a server answer a subflow on the link it arrived on.
     """
-    if not node.multihomed:
-        return []
     tables = []
-    for intf in node.addressed():
-        tables.append(
-            PolicyTable(
-                table=POLICY_TABLE_BASE + intf.port,
-                pref=POLICY_RULE_PREF_BASE + intf.port,
-                src=intf.addr.ip,
-                subnet=intf.addr.network,
-                dev=intf.name,
-                gw=intf.gw,
+    if node.multihomed:
+        for intf in node.addressed():
+            tables.append(
+                PolicyTable(
+                    table=POLICY_TABLE_BASE + intf.port,
+                    pref=POLICY_RULE_PREF_BASE + intf.port,
+                    src=intf.addr.ip,
+                    subnet=intf.addr.network,
+                    dev=intf.name,
+                    gw=intf.gw,
+                )
             )
-        )
+    if not node.is_switch and len(node.addressed6()) >= 2:  # the same per path for IPv6 addresses
+        for intf in node.addressed6():
+            tables.append(PolicyTable(table=POLICY6_TABLE_BASE + intf.port, pref=POLICY_RULE_PREF_BASE + intf.port,
+                                      src=intf.addr6.ip, subnet=intf.addr6.network, dev=intf.name, gw=intf.gw6))
     return tables
 
 
@@ -592,6 +645,14 @@ def early_sysctls(node: NodePlan) -> dict[str, str]:
         # No IPv6 link-local chatter (router solicitations, DAD) in captures of the emulated links.
         values["net.ipv6.conf.all.disable_ipv6"] = "1"
         values["net.ipv6.conf.default.disable_ipv6"] = "1"
+    elif not node.is_switch:
+        # Addresses usable at once (no duplicate address detection: the links are ours), no router adverts.
+        values["net.ipv6.conf.all.accept_dad"] = values["net.ipv6.conf.default.accept_dad"] = "0"
+        values["net.ipv6.conf.all.accept_ra"] = values["net.ipv6.conf.default.accept_ra"] = "0"
+    if node.router:
+        values["net.ipv4.ip_forward"] = "1"
+        if node.ipv6:
+            values["net.ipv6.conf.all.forwarding"] = "1"
     if node.mptcp is not None:
         values["net.mptcp.enabled"] = "1" if node.mptcp.enabled else "0"
         if node.mptcp.checksum is not None:

@@ -171,6 +171,7 @@ def test_rules_all_ports_fail_closed():
         "-A MPTC-IN -m mark --mark 0x4d50 -j RETURN",
         "-A MPTC-IN -i lo -j RETURN",
         "-A MPTC-IN -p tcp -j NFQUEUE --queue-num 4242",
+        "-A MPTC-IN -p icmp --icmp-type fragmentation-needed -j NFQUEUE --queue-num 4242",
         "-I OUTPUT 1 -j MPTC-OUT",
         "-I INPUT 1 -j MPTC-IN",
     ]
@@ -183,7 +184,10 @@ def test_rules_ports_and_fail_open():
     assert queued == [
         "-A MPTC-OUT -p tcp -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 7 --queue-bypass",
         "-A MPTC-IN -p tcp -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 7 --queue-bypass",
+        "-A MPTC-IN -p icmp --icmp-type fragmentation-needed -j NFQUEUE --queue-num 7 --queue-bypass",
     ]
+    v6 = iptables.rule_lines(7, family=iptables.IPV6)
+    assert "-A MPTC-IN -p ipv6-icmp --icmpv6-type packet-too-big -j NFQUEUE --queue-num 7" in v6
 
 
 def test_multiport_splits_at_15_slots():
@@ -193,6 +197,26 @@ def test_multiport_splits_at_15_slots():
     for spec in specs:
         assert sum(2 if ":" in item else 1 for item in spec.split(",")) <= 15
     assert iptables.multiport_specs(()) == []
+
+
+def test_gateway_rules_queue_forwarded_lan_traffic_by_family():
+    lans = ("192.168.10.0/24", "fd00:11::/64")
+    v4 = iptables.gateway_rule_lines(5, lans, ((80, 80),))
+    assert "-A MPTC-GW-OUT -s 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5" in v4
+    assert "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5" in v4
+    assert v4.index("-A MPTC-GW-OUT -d 192.168.10.0/24 -j RETURN") < v4.index(
+        "-A MPTC-GW-OUT -s 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5")  # LAN to LAN
+    assert v4[-2:] == ["-I PREROUTING 1 -j MPTC-GW-OUT", "-I POSTROUTING 1 -j MPTC-GW-IN"]
+    assert not any("fd00" in line for line in v4)
+    v6 = iptables.gateway_rule_lines(5, lans, family=iptables.IPV6)
+    assert "-A MPTC-GW-IN -d fd00:11::/64 -p ipv6-icmp --icmpv6-type packet-too-big -j NFQUEUE --queue-num 5" in v6
+    script = iptables.install_script(5, lans=lans)
+    assert script.startswith("*mangle\n:MPTC-GW-OUT - [0:0]\n:MPTC-GW-IN - [0:0]\n")
+    saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:MPTC-GW-OUT - [0:0]\n:MPTC-GW-IN - [0:0]\n" \
+            "-A PREROUTING -j MPTC-GW-OUT\n-A POSTROUTING -j MPTC-GW-IN\nCOMMIT\n"
+    removal = iptables.removal_script(saved, lans).splitlines()
+    assert removal[:3] == ["*mangle", "-D PREROUTING -j MPTC-GW-OUT", "-D POSTROUTING -j MPTC-GW-IN"]
+    assert iptables.removal_script(saved) is None  # host-mode chains live in the filter table
 
 
 def test_install_script_is_one_transaction():
@@ -591,7 +615,9 @@ def test_cli_daemon_options_reach_the_config(monkeypatch):
     assert cfg.ports == ((22, 22), (443, 443)) and cfg.policy.value == "required"
     assert cfg.queue_num == 9 and cfg.fail_open is True and seen["v"] is True and seen["queue_backend"] == "batched"
     assert cli.main(["daemon"]) == 0
-    assert seen["c"].fail_open is False and seen["c"].ports == ()
+    assert seen["c"].fail_open is False and seen["c"].ports == () and seen["gateway_lans"] == ()
+    assert cli.main(["daemon", "--gateway", "--lan", "192.168.10.7/24", "--lan", "fd00:11::/64"]) == 0
+    assert seen["gateway_lans"] == ("192.168.10.0/24", "fd00:11::/64")
 
 
 def test_cli_config_file_and_override(monkeypatch, tmp_path):
@@ -611,6 +637,9 @@ def test_cli_config_file_and_override(monkeypatch, tmp_path):
         (["daemon", "--ports", "80,99999"], 2, "mptcrypt: error: --ports: bad port range '99999'"),
         (["daemon", "--config", "/nonexistent/m.toml"], 2, "config file /nonexistent/m.toml not found"),
         (["daemon", "--queue-num", "70000"], 2, "--queue-num: queue_num must be between 0 and 65534"),
+        (["daemon", "--gateway"], 2, "--gateway needs the networks behind this router"),
+        (["daemon", "--lan", "10.0.0.0/8"], 2, "--lan only makes sense with --gateway"),
+        (["daemon", "--gateway", "--lan", "10.0.0.300/8"], 2, "--lan '10.0.0.300/8'"),
     ],
 )
 def test_cli_config_errors_are_clean(capsys, argv, code, message):
@@ -704,7 +733,7 @@ def test_cli_status_sessions_stats(daemon_server, capsys):
     assert status["pub_ciphers"] == ["x25519", "p256", "rsa2048"] and status["reloads"] == 0
     assert cli.main(["sessions", "--wide"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["local", "remote", "state", "sid", "resumed", "mptcp", "index"]
+    assert lines[0].split() == ["local", "peer-as-seen", "state", "sid", "resumed", "mptcp", "index"]
     assert lines[1].split()[:3] == ["10.0.0.1:40000", "10.0.0.2:80", "ESTABLISHED"] and "abababababababab" in lines[1]
     assert lines[2].startswith("  `- 10.0.1.1:40001")  # ASCII: stdout is not a terminal
     assert cli.main(["sessions", "--json"]) == 0
@@ -743,7 +772,7 @@ ENGINE_ROWS = [  # the shape of Engine.sessions() rows: an MPTCP connection with
 def test_sessions_narrow_view_fits_80_columns():
     lines = session_lines(ENGINE_ROWS, ascii_only=True)
     assert lines == [
-        "LOCAL           REMOTE         STATE       SID       CIPHERS",
+        "LOCAL           PEER-AS-SEEN   STATE       SID       CIPHERS",
         "10.0.1.2:40000  10.0.1.1:5000  encrypting  82e03e18  x25519/chacha20 resumed",
         "  `- mptcp #0 10.0.1.2:40000 -> 10.0.1.1:5000 encrypting 16.0M out 1.2K in",
         "  `- join #1 10.0.2.2:41000 -> 10.0.1.1:5000 encrypting backup 512 out 0 in",
