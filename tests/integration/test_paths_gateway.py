@@ -18,7 +18,6 @@ GW_ARGS = {
     "gwA": (*PORTS, "--gateway", "--lan", "192.168.10.0/24", "--lan", "192.168.11.0/24"),
     "gwB": (*PORTS, "--gateway", "--lan", "192.168.20.0/24"),
 }
-NEEDS_V2 = pytest.mark.xfail(strict=False, reason="needs protocol v2 (branches engine/fast)")
 
 
 @pytest.fixture(scope="module", params=["routed", "nat"])
@@ -63,9 +62,7 @@ def test_tcp_between_hosts_behind_two_gateways_is_protected(gws):
         assert row_b["remote"].startswith("10.1.1.1:"), row_b
 
 
-def test_mptcp_with_the_multihomed_gateway_uses_both_paths(gws, request):
-    if gws.variant == "nat":
-        request.applymarker(NEEDS_V2)  # the join's proof must not bind the addresses the NAT rewrites
+def test_mptcp_with_the_multihomed_gateway_uses_both_paths(gws):
     gws.clear_taps()
     fb = {h: gws.fallbacks(h) for h in ("hostA", "hostB")}
     sent, got = gws.transfer("192.168.20.2", 5081, 4 << 20, client="hostA", server="hostB", timeout=30)
