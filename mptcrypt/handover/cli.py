@@ -77,7 +77,15 @@ def brief(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_exit(signum: int, _frame: Any) -> None:
+    # pyroute2 forks helper processes for namespaces (no exec) and ends them with SIGTERM; a forked copy that ran
+    # this handler would unwind the parent's stack copy, `finally` blocks included, and stop the parent's delay
+    # lines and daemons by PID. Only the process that installed the handler unwinds; a fork just exits.
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
     raise SystemExit(128 + signum)
 
 
@@ -95,6 +103,8 @@ def cmd_handover(args: argparse.Namespace) -> int:
         scenario.topo_args["nat"] = True
     require_root("mptcrypt handover")
     # SIGTERM/SIGHUP unwind like Ctrl-C, so that the runner's `finally` stops the daemons and deletes the network
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_exit)
     targets = ["plain", "mptcrypt"] if args.target == "both" else [args.target]
