@@ -1,8 +1,8 @@
 """Link delay, jitter, reordering and duplication (netem where the kernel has it, else the delay line).
 
 RTTs are measured with ping and compared within a stated tolerance: the delay line releases a frame at its
-due time plus the process's wake-up latency, which on a loaded 2-vCPU machine is a fraction of a millisecond
-at the median. No assertion on throughput (bench/bench_delay.py measures that).
+due time plus the process's wake-up latency, a fraction of a millisecond when idle and a few milliseconds at
+the median while the rest of the suite loads the 2-vCPU machine (so the fastest echo is held to the tolerance). No assertion on throughput (bench/bench_delay.py measures that).
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ from mptcrypt.topo import netns as topo_netns
 root = pytest.mark.root
 pytestmark = root
 
-# Median RTT is 2 x delay plus the path's own few tens of microseconds and two wake-ups of the delay line:
-# it must lie in [2 d - RTT_BELOW_MS, 2 d + RTT_ABOVE_MS].
+# An RTT is 2 x delay plus the path's own few tens of microseconds and two wake-ups of the delay line. Wake-ups
+# only ever add: the fastest echo shows the configured delay and must lie in [2 d - RTT_BELOW_MS, 2 d +
+# RTT_ABOVE_MS]; the median carries what a loaded machine adds on top (seen: +3.3 ms during a full CI run) and
+# must stay within RTT_MEDIAN_ABOVE_MS.
 RTT_BELOW_MS = 0.2
 RTT_ABOVE_MS = 3.0
+RTT_MEDIAN_ABOVE_MS = 10.0
 
 
 def _pair(**link: object) -> Topo:
@@ -55,8 +58,9 @@ def ping_rtts(node, dst: str, count: int = 20, interval: float = 0.05) -> list[f
 
 
 def assert_rtt_near(rtts: list[float], one_way_ms: float) -> None:
-    median = statistics.median(rtts)
-    assert 2 * one_way_ms - RTT_BELOW_MS <= median <= 2 * one_way_ms + RTT_ABOVE_MS, (one_way_ms, median, rtts)
+    fastest, median = min(rtts), statistics.median(rtts)
+    assert 2 * one_way_ms - RTT_BELOW_MS <= fastest <= 2 * one_way_ms + RTT_ABOVE_MS, (one_way_ms, fastest, rtts)
+    assert median <= 2 * one_way_ms + RTT_MEDIAN_ABOVE_MS, (one_way_ms, median, rtts)
 
 
 @pytest.mark.parametrize("one_way_ms", [10, 40])
