@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cc", metavar="NAME", help="TCP congestion control in both hosts (default: the machine's)")
     p.add_argument("--no-delay", action="store_true",
                    help="links without delay (microsecond RTTs) instead of the topology's Wi-Fi/LTE delays")
+    p.add_argument("--nat", action="store_true",
+                   help="both networks rewrite the mobile's source ports, as carrier NAT does (topology nat=True)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_handover needs root (network namespaces)", file=sys.stderr)
@@ -94,11 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     names = args.scenarios.split(",") if args.scenarios else list(scenario_files())
     os.makedirs(args.out, exist_ok=True)
     results: dict = {"started": time.time(), "cc": args.cc or "machine default", "scenarios": {},
-                     "link_delay": "none" if args.no_delay else "topology defaults (Wi-Fi 10 ms, LTE 40 ms one way)"}
+                     "link_delay": "none" if args.no_delay else "topology defaults (Wi-Fi 10 ms, LTE 40 ms one way)",
+                     "nat": bool(args.nat)}
     for name in names:
         sc = load_scenario(name)
         if args.no_delay:
             sc.topo_args.update(wifi_delay=None, lte_delay=None)
+        if args.nat:
+            sc.topo_args["nat"] = True
         reps = []
         for i in range(args.repeat):
             print(f"== {name} ({i + 1}/{args.repeat})", file=sys.stderr)

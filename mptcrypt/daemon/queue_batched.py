@@ -27,7 +27,8 @@ import struct
 import time
 from typing import Callable
 
-from mptcrypt.daemon.nfqueue import MAX_QUEUE_LEN, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING, SLICE, QueueWorker, _SliceOver
+from mptcrypt.daemon.nfqueue import (MAX_QUEUE_LEN, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING, SLICE, QueueWorker,
+                                     _SliceOver)
 from mptcrypt.errors import KernelFeatureError, MptcryptError
 
 try:
@@ -165,7 +166,8 @@ class BatchedQueueWorker(QueueWorker):
                     if payload is None:  # longer than a receive slot: never passed unexamined
                         counters["nfq_truncated"] += 1
                         counters["nfq_dropped"] += 1
-                        counters["nfq_outbound" if hook in (NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING) else "nfq_inbound"] += 1
+                        outbound = hook in (NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING)  # PRE_ROUTING: gateway mode
+                        counters["nfq_outbound" if outbound else "nfq_inbound"] += 1
                         self._once("truncated", f"dropped a packet longer than {COPY_RANGE} bytes")
                         self._verdicts.append((packet_id, NF_DROP, None))
                         continue

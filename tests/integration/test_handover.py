@@ -176,3 +176,27 @@ def test_short_handover_plain_and_mptcrypt(tmp_path):
         assert any(max(sf["mbps"]) > 1 for sf in series["subflows"].values())
         assert len(series["latency"]) > 100 and len(series["app_t"]) == len(series["app_mbps"]) > 50
         assert [e["what"] for e in saved["targets"][target]["events"]] == ["wifi down", "wifi up 10.0.3.2"]
+
+
+@pytest.mark.root
+def test_short_handover_through_port_rewriting_nat(tmp_path):
+    """Issue 13 item 6: the same timeline with both networks rewriting the mobile's source ports (`nat = true`,
+    MASQUERADE --random-fully as carrier NAT does): under mptcrypt the data stays intact, the new path joins
+    protected with no public-key operation, and the new connection from the new address resumes."""
+    import tomllib
+
+    from mptcrypt.handover.runner import run_scenario
+
+    scenario = parse_scenario(tomllib.loads(SHORT.replace('lte_delay = "none"', 'lte_delay = "none", nat = true')),
+                              "short-new-wifi-nat")
+    assert scenario.topo_args["nat"] is True
+    summary = run_scenario(scenario, ["mptcrypt"], str(tmp_path), log=lambda m: None)
+    run = summary["targets"]["mptcrypt"]
+    assert run["ok"], run.get("error")
+    assert run["bulk"]["intact"] and run["bulk"]["bytes_received"] > 1_000_000, run["bulk"]
+    assert run["new_path"]["established"] and run["new_path"]["protected"], run["new_path"]
+    crypto = run["crypto"]
+    assert crypto["joins_protected"]["mobile"] >= 1 and crypto["joins_protected"]["server"] >= 1, crypto
+    assert crypto["pk_ops_after_first"] == {"mobile": 0, "server": 0}, crypto
+    assert crypto["sid_unchanged"] and crypto["sid_server"] == crypto["sid"], crypto
+    assert run["resume"]["resumed"] and run["resume"]["pk_ops_since_first"] == {"mobile": 0, "server": 0}, run["resume"]

@@ -2,7 +2,8 @@
 
 RTTs are measured with ping and compared within a stated tolerance: the delay line releases a frame at its
 due time plus the process's wake-up latency, a fraction of a millisecond when idle and a few milliseconds at
-the median while the rest of the suite loads the 2-vCPU machine (so the fastest echo is held to the tolerance). No assertion on throughput (bench/bench_delay.py measures that).
+the median while the rest of the suite loads the 2-vCPU machine (so the fastest echo is held to the tolerance).
+No assertion on throughput (bench/bench_delay.py measures that).
 """
 
 from __future__ import annotations
