@@ -53,12 +53,8 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
         state.advance(sf, Ev.SEND_SYN_NEXTK1)
         sf.isn_local = seq
         sf.out_ref = seq + 1
-        sf.mptcp = sf.join = True
-        sf.addr_id = mpj.addr_id
-        sf.backup = mpj.backup
-        sf.index = index
+        _join_subflow(sf, conn, mpj, index)
         conn.session.claim(index, key)
-        sf.conn = conn
     sf.hs.join_syn = mp_join_bytes(mpj)
     ss = conn.session.chain.ss(sf.index)
     proof = ks.join_proof(ss, False, ks.nextk1_join_context(seq, sf.index, sf.hs.join_syn))
@@ -89,14 +85,19 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     state.advance(sf, Ev.RECV_SYN_NEXTK1)
     sf.isn_remote = seq
     sf.in_ref = seq + 1
-    sf.mptcp = sf.join = True
-    sf.addr_id = mpj.addr_id
-    sf.backup = mpj.backup
-    sf.index = msg.index
-    sf.conn = conn
+    _join_subflow(sf, conn, mpj, msg.index)
     sf.hs.join_syn = join_syn
     t.register_resume(conn.session)
     return clean_syn(t, seg, keep_sack=False)
+
+
+def _join_subflow(sf: Subflow, conn, mpj: MptcpOption, index: int) -> None:
+    """What a join subflow takes from its MP_JOIN SYN and its connection, on the sending and the receiving side."""
+    sf.mptcp = sf.join = True
+    sf.addr_id = mpj.addr_id
+    sf.backup = mpj.backup
+    sf.index = index
+    sf.conn = conn
 
 
 def refuse_join(t: Table, key, why: str) -> Result:
