@@ -32,6 +32,11 @@
 #define IPV4_HEADER_LEN 20
 #define IPV6_HEADER_LEN 40
 #define IP_MAX_LEN 0xFFFF       /* IPv4 total length, IPv6 payload length */
+#define HARDEN_EXT 0
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
 
 static const unsigned char MAC_PREFIX[4] = {0xFD, MAC_OPTION_LEN, 0x4D, 0x50};  /* kind 253, ExID 0x4D50 */
 
@@ -473,33 +478,44 @@ parse_args(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs, c
     return 0;
 }
 
-PyDoc_STRVAR(seal_doc, "seal(packet, l4, ext_seq, ext_ack) -> bytes | None\n\n"
-             "The on-wire packet for kernel `packet`, or None when its options leave no room for the MAC option.");
-
-static PyObject *
-SegmentCipher_seal(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* 0, or -1 with ValueError when ext_seq / ext_ack (with ACK set) do not have the header's 32-bit seq / ack as
+   their low bits: the MAC covers the caller's 64-bit numbers, the kernel acts on the header's, so a caller that
+   extended from stale state must not get a segment whose header says something else verified (or sealed). */
+static int
+check_extension(const unsigned char *tcp, uint64_t ext_seq, uint64_t ext_ack)
 {
-    Py_buffer pkt;
-    Py_ssize_t l4;
-    uint64_t ext_seq, ext_ack;
-    int hlen;
-    if (parse_args(self, args, nargs, "seal", &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
-        return NULL;
-    const unsigned char *in = pkt.buf;
-    PyObject *result = NULL;
-    Py_ssize_t options_len = hlen - TCP_HEADER_LEN;
-    if (options_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE) {
-        result = Py_NewRef(Py_None);
-        goto done;
+    uint32_t seq = (uint32_t)get16(tcp + 4) << 16 | get16(tcp + 6);
+    uint32_t ack = (uint32_t)get16(tcp + 8) << 16 | get16(tcp + 10);
+    if ((uint32_t)ext_seq != seq || (tcp[13] & TCP_FLAG_ACK && (uint32_t)ext_ack != ack)) {
+        PyErr_Format(PyExc_ValueError, "extended seq/ack %llu/%llu do not end in the header's seq/ack %u/%u",
+                     (unsigned long long)ext_seq, (unsigned long long)ext_ack, seq, ack);
+        return -1;
     }
-    Py_ssize_t payload_len = pkt.len - l4 - hlen;
+    return 0;
+}
+
+/*
+ * The on-wire packet for kernel packet `in` (`len` bytes, TCP header at `l4` of `hlen` bytes, both checked by the
+ * caller) into `out` (`cap` bytes): 1 with *out_len set, 0 when its options leave no room for the MAC option,
+ * -1 with a Python error (ValueError for bad input, RuntimeError from OpenSSL, ENOMEM-free: out is the caller's).
+ */
+static int
+seal_into(SegmentCipherObject *self, const unsigned char *in, Py_ssize_t len, Py_ssize_t l4, int hlen,
+          uint64_t ext_seq, uint64_t ext_ack, unsigned char *out, Py_ssize_t cap, Py_ssize_t *out_len)
+{
+    Py_ssize_t options_len = hlen - TCP_HEADER_LEN;
+    if (HARDEN_EXT && check_extension(in + l4, ext_seq, ext_ack) < 0)
+        return -1;
+    if (options_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE)
+        return 0;
+    Py_ssize_t payload_len = len - l4 - hlen;
     Py_ssize_t tcp_len = hlen + MAC_OPTION_LEN + payload_len;
     if (check_ip_len(in, l4, tcp_len) < 0)
-        goto done;
-    result = PyBytes_FromStringAndSize(NULL, l4 + tcp_len);
-    if (result == NULL)
-        goto done;
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+        return -1;
+    if (l4 + tcp_len > cap) {
+        PyErr_Format(PyExc_ValueError, "a sealed packet of %zd bytes does not fit %zd", l4 + tcp_len, cap);
+        return -1;
+    }
     unsigned char *tcp = out + l4;
     unsigned char *ct = tcp + hlen + MAC_OPTION_LEN;
     memcpy(out, in, (size_t)(l4 + hlen));
@@ -508,66 +524,99 @@ SegmentCipher_seal(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t 
     memcpy(tcp + hlen, MAC_PREFIX, 4);
     if ((payload_len && keystream_xor(self, ext_seq, in + l4 + hlen, ct, payload_len) < 0) ||
         mac(self, ext_seq, ext_ack, in + l4, get16(in + l4 + 12), in + l4 + TCP_HEADER_LEN, (size_t)options_len,
-            ct, (size_t)payload_len, tcp + hlen + 4) < 0) {
-        Py_CLEAR(result);
-        goto done;
-    }
+            ct, (size_t)payload_len, tcp + hlen + 4) < 0)
+        return -1;
     finish_packet(out, l4, tcp_len);
-done:
-    PyBuffer_Release(&pkt);
-    return result;
+    *out_len = l4 + tcp_len;
+    return 1;
 }
 
-PyDoc_STRVAR(open_doc, "open(packet, l4, ext_seq, ext_ack) -> bytes | None\n\n"
-             "The kernel packet for on-wire `packet`; None unless its option area ends with a MAC option that "
-             "verifies.");
-
-static PyObject *
-SegmentCipher_open(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* The kernel packet for on-wire packet `in` into `out`, as seal_into: 1, 0 unless its option area ends with a MAC
+   option that verifies, -1 with a Python error. */
+static int
+open_into(SegmentCipherObject *self, const unsigned char *in, Py_ssize_t len, Py_ssize_t l4, int hlen,
+          uint64_t ext_seq, uint64_t ext_ack, unsigned char *out, Py_ssize_t cap, Py_ssize_t *out_len)
 {
-    Py_buffer pkt;
-    Py_ssize_t l4;
-    uint64_t ext_seq, ext_ack;
-    int hlen;
-    if (parse_args(self, args, nargs, "open", &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
-        return NULL;
-    const unsigned char *in = pkt.buf;
-    PyObject *result = NULL;
     const unsigned char *mac_opt = in + l4 + hlen - MAC_OPTION_LEN;
-    if (hlen - TCP_HEADER_LEN < MAC_OPTION_LEN || memcmp(mac_opt, MAC_PREFIX, 4) != 0) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
+    if (HARDEN_EXT && check_extension(in + l4, ext_seq, ext_ack) < 0)
+        return -1;
+    if (hlen - TCP_HEADER_LEN < MAC_OPTION_LEN || memcmp(mac_opt, MAC_PREFIX, 4) != 0)
+        return 0;
     int kernel_hlen = hlen - MAC_OPTION_LEN;
-    Py_ssize_t ct_len = pkt.len - l4 - hlen;
+    Py_ssize_t ct_len = len - l4 - hlen;
     const unsigned char *ct = in + l4 + hlen;
     unsigned char tag[MAC_TAG_LEN];
     unsigned kernel_word = get16(in + l4 + 12) - ((MAC_OPTION_LEN >> 2) << 12);
     if (mac(self, ext_seq, ext_ack, in + l4, kernel_word, in + l4 + TCP_HEADER_LEN,
             (size_t)(kernel_hlen - TCP_HEADER_LEN), ct, (size_t)ct_len, tag) < 0)
-        goto done;
-    if (CRYPTO_memcmp(tag, mac_opt + 4, MAC_TAG_LEN) != 0) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
+        return -1;
+    if (CRYPTO_memcmp(tag, mac_opt + 4, MAC_TAG_LEN) != 0)
+        return 0;
     Py_ssize_t tcp_len = kernel_hlen + ct_len;
     if (check_ip_len(in, l4, tcp_len) < 0)  /* as the reference: a verified packet too long for the IP length */
-        goto done;
-    result = PyBytes_FromStringAndSize(NULL, l4 + tcp_len);
-    if (result == NULL)
-        goto done;
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+        return -1;
+    if (l4 + tcp_len > cap) {
+        PyErr_Format(PyExc_ValueError, "an opened packet of %zd bytes does not fit %zd", l4 + tcp_len, cap);
+        return -1;
+    }
     memcpy(out, in, (size_t)(l4 + kernel_hlen));
     out[l4 + 12] = (unsigned char)(kernel_word >> 8);
     out[l4 + 16] = out[l4 + 17] = 0;
-    if (ct_len && keystream_xor(self, ext_seq, ct, out + l4 + kernel_hlen, ct_len) < 0) {
-        Py_CLEAR(result);
-        goto done;
-    }
+    if (ct_len && keystream_xor(self, ext_seq, ct, out + l4 + kernel_hlen, ct_len) < 0)
+        return -1;
     finish_packet(out, l4, tcp_len);
-done:
+    *out_len = l4 + tcp_len;
+    return 1;
+}
+
+typedef int (*transform_fn)(SegmentCipherObject *, const unsigned char *, Py_ssize_t, Py_ssize_t, int, uint64_t,
+                            uint64_t, unsigned char *, Py_ssize_t, Py_ssize_t *);
+
+/* seal() / open() for Python: the result is built in a bytes object of the largest size, then shrunk */
+static PyObject *
+transform(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs, const char *name, transform_fn fn,
+          Py_ssize_t grow)
+{
+    Py_buffer pkt;
+    Py_ssize_t l4, out_len = 0;
+    uint64_t ext_seq, ext_ack;
+    int hlen;
+    if (parse_args(self, args, nargs, name, &pkt, &l4, &ext_seq, &ext_ack, &hlen) < 0)
+        return NULL;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, pkt.len + grow);
+    if (result != NULL) {
+        int rc = fn(self, pkt.buf, pkt.len, l4, hlen, ext_seq, ext_ack, (unsigned char *)PyBytes_AS_STRING(result),
+                    pkt.len + grow, &out_len);
+        if (rc <= 0) {
+            Py_CLEAR(result);
+            if (rc == 0)
+                result = Py_NewRef(Py_None);
+        } else if (out_len != pkt.len + grow) {
+            _PyBytes_Resize(&result, out_len);
+        }
+    }
     PyBuffer_Release(&pkt);
     return result;
+}
+
+PyDoc_STRVAR(seal_doc, "seal(packet, l4, ext_seq, ext_ack) -> bytes | None\n\n"
+             "The on-wire packet for kernel `packet`, or None when its options leave no room for the MAC option.\n"
+             "ValueError when ext_seq (ext_ack, with ACK set) does not end in the header's seq (ack).");
+
+static PyObject *
+SegmentCipher_seal(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return transform(self, args, nargs, "seal", seal_into, MAC_OPTION_LEN);
+}
+
+PyDoc_STRVAR(open_doc, "open(packet, l4, ext_seq, ext_ack) -> bytes | None\n\n"
+             "The kernel packet for on-wire `packet`; None unless its option area ends with a MAC option that "
+             "verifies.\nValueError when ext_seq (ext_ack, with ACK set) does not end in the header's seq (ack).");
+
+static PyObject *
+SegmentCipher_open(SegmentCipherObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return transform(self, args, nargs, "open", open_into, -MAC_OPTION_LEN);
 }
 
 static int
