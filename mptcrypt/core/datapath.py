@@ -3,6 +3,11 @@
 Every protected segment goes through the subflow's `SegmentCipher` (`crypto/segment.py`): this module only
 extends seq/ack to 64 bits, keeps the sequence references and counters, and handles the two cases where the
 kernel's options leave no room for the MAC option (trim SACK blocks; move an MPTCP signal to a pure ACK).
+
+`FastPath` is the same job for ordinary segments done in C (crypto/_segment.c FlowTable): the engine installs a
+protected subflow there after handling one of its segments, and the table seals / opens that subflow's data
+segments and pure ACKs without Python (the daemon's batched queue calls it straight from C). What the table
+declines (SYN/FIN/RST, options other than DSS, stale segments, MAC failures, a due REKEY) comes here as before.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from mptcrypt.constants import MAC_OPTION_LEN, TCP_MAX_OPTION_SPACE
 from mptcrypt.core import mptcp
 from mptcrypt.core.events import DROP, Result, Verdict
 from mptcrypt.core.session import Subflow
+from mptcrypt.core.state import State
+from mptcrypt.crypto import segment
 from mptcrypt.core.table import Table
 from mptcrypt.errors import DecodeError
 from mptcrypt.wire import rewrite
@@ -167,3 +174,81 @@ def release(t: Table, sf: Subflow) -> list[bytes]:
             out.append(res.packet)
     t.counters["released"] += len(out)
     return out
+
+
+# the largest REKEY budget the table takes (its counts are 64-bit); a budget above it only never runs out here
+MAX_TX_BUDGET = 1 << 62
+
+
+class FastPath:
+    """The engine's side of the compiled flow table (`segment.FlowTable`): which subflows are installed, and the
+    copy of their state in both directions. The table is authoritative for an installed subflow's references,
+    counts and last_seen between packets; `pull(sf)` brings them into the Subflow before Python reads or changes
+    it, `sync(sf)` installs it again afterwards (or takes it out when it is no longer an ENCRYPTING flow with
+    compiled ciphers). The engine calls pull / sync around every packet Python handles, its timers and
+    everything that reports (stats, sessions, export); the table's drop hook takes out a forgotten subflow."""
+
+    __slots__ = ("table", "packet", "installed", "_t")
+
+    def __init__(self, t: Table):
+        self.table = segment.FlowTable()
+        self.packet = self.table.packet  # (packet, outbound, now) -> bytes, or None: the engine's turn
+        self.installed: dict[tuple, Subflow] = {}
+        self._t = t
+        t.on_drop = self.forget
+
+    def pull(self, sf: Subflow | None) -> None:
+        if sf is not None and self.installed.get(sf.key) is sf:
+            _take(sf, self.table.pull(sf.key))
+
+    def sync(self, sf: Subflow | None) -> None:
+        if sf is None:
+            return
+        key = sf.key
+        if sf.state is State.ENCRYPTING and type(sf.tx) is self.table_cipher and type(sf.rx) is self.table_cipher \
+                and self._t.flows.get(key) is sf:
+            conn = sf.conn
+            in_ok = sf.confirmed and not (conn.mptcp and len(conn.keys) < 2 and not sf.join)  # see unprotect
+            self.table.install(key, sf.tx, sf.rx, sf.out_ref, sf.in_ref, sf.in_ack_max,
+                               min(sf.tx_rekey_bytes - sf.bytes_out, MAX_TX_BUDGET), sf.tx_rekey_time, in_ok,
+                               sf.last_seen)
+            self.installed[key] = sf
+        elif self.installed.get(key) is sf:
+            self.forget(sf)
+
+    def forget(self, sf: Subflow) -> None:
+        """Take `sf` out of the table, its counts pulled (Table.drop_flow calls this for every dropped flow)."""
+        if self.installed.get(sf.key) is sf:
+            del self.installed[sf.key]
+            _take(sf, self.table.remove(sf.key))
+
+    def pull_all(self) -> None:
+        for sf in self.installed.values():
+            _take(sf, self.table.pull(sf.key))
+        self.pull_counters()
+
+    def pull_counters(self) -> None:
+        packets, protected, encrypted, verified, decrypted = self.table.take_counters()
+        c = self._t.counters
+        c["packets"] += packets
+        c["segments_protected"] += protected
+        c["bytes_encrypted"] += encrypted
+        c["segments_verified"] += verified
+        c["bytes_decrypted"] += decrypted
+
+    table_cipher = segment.SegmentCipher  # the class the table takes: the compiled one
+
+
+def _take(sf: Subflow, got) -> None:
+    """What the table counted for `sf` since the last pull, into `sf` (as protect / unprotect would have)."""
+    if got is None:
+        return
+    sf.out_ref, sf.in_ref, sf.in_ack_max, last_seen, bytes_out, bytes_in, segments_out, segments_in, verified = got
+    if last_seen > sf.last_seen:
+        sf.last_seen = last_seen
+    sf.bytes_out += bytes_out
+    sf.bytes_in += bytes_in
+    sf.segments_out += segments_out
+    sf.segments_in += segments_in
+    if verified:
+        sf.unmacked = 0

@@ -21,11 +21,12 @@ import os
 
 from mptcrypt.core import datapath, handover, handshake, join, state, stripped
 from mptcrypt.core.config import Config
-from mptcrypt.core.events import ACCEPT, DROP, Event, Result
+from mptcrypt.core.events import ACCEPT, DROP, Event, Result, Verdict
 from mptcrypt.core.session import fmt_addr
 from mptcrypt.core.state import Ev, State, SynVerdict
 from mptcrypt.core.synopts import clean_syn
 from mptcrypt.core.table import SWEEP_INTERVAL, Table
+from mptcrypt.crypto.segment import FAST_PATH_REASON, FlowTable
 from mptcrypt.errors import ProtocolError
 from mptcrypt.wire import messages as m
 from mptcrypt.wire.mptcp import Has
@@ -38,16 +39,24 @@ _protect, _unprotect = datapath.protect, datapath.unprotect
 
 
 class Engine:
-    def __init__(self, config: Config | None = None, *, random=os.urandom, socket_alive=None, key_log=None):
+    def __init__(self, config: Config | None = None, *, random=os.urandom, socket_alive=None, key_log=None,
+                 fast_path: bool | None = None):
         """`socket_alive(keys)`: the flow keys (local addr bytes, local port, remote addr bytes, remote port) whose
         socket the local kernel still has; asked before an idle protected flow is reclaimed (the daemon answers
         with sock_diag). None: idle flows are reclaimed on the idle timeout alone.
-        `key_log(SubflowKeys)`, when given, is called as each subflow gets its keys (`--keylog`)."""
+        `key_log(SubflowKeys)`, when given, is called as each subflow gets its keys (`--keylog`).
+        `fast_path`: protected flows' ordinary segments handled by the compiled flow table (datapath.FastPath);
+        None: when crypto/segment.py selected it (MPTCRYPT_FAST_PATH). Same bytes, verdicts and counters either way."""
         self.config = config or Config()
         self._t = Table(self.config, random, socket_alive)
         self._t.key_log = key_log
         self._flows = self._t.flows
         self.counters = self._t.counters
+        if fast_path is None:
+            fast_path = FlowTable is not None
+        elif fast_path and FlowTable is None:
+            raise ValueError(f"no compiled fast path: {FAST_PATH_REASON}")
+        self.fast = datapath.FastPath(self._t) if fast_path else None
 
     def reconfigure(self, config: Config) -> None:
         """Policy, rules, ciphers and limits for what comes next (the daemon's SIGHUP); live flows keep their keys."""
@@ -57,6 +66,11 @@ class Engine:
 
     # ------------------------------------------------------------------ public surface
     def handle(self, packet: bytes, outbound: bool, now: float) -> Result:
+        fast = self.fast
+        if fast is not None:
+            out = fast.packet(packet, outbound, now)
+            if out is not None:
+                return Result(Verdict.ACCEPT, out)
         c = self.counters
         c["packets"] += 1
         try:
@@ -65,24 +79,41 @@ class Engine:
                 return ACCEPT
             key = (seg.src, seg.sport, seg.dst, seg.dport) if outbound else (seg.dst, seg.dport, seg.src, seg.sport)
             sf = self._flows.get(key)
-            if sf is not None and sf.state is _ENCRYPTING and not seg.flags & SYN:
-                sf.last_seen = now
-                if outbound:
-                    return _protect(self._t, sf, seg, now)
-                res = _unprotect(self._t, sf, seg, now)
-                return res if res is not None else handshake.recv_unauthenticated(self._t, sf, seg, now)
-            return self._slow_path(sf, key, seg, outbound, now)
+            if fast is None:
+                return self._flow(sf, key, seg, outbound, now)
+            fast.pull(sf)  # what the table counted for this flow, before Python reads it
+            try:
+                return self._flow(sf, key, seg, outbound, now)
+            finally:
+                fast.sync(self._flows.get(key))
         except ProtocolError as exc:
             c["malformed_dropped"] += 1
             self._t.event("malformed", None, str(exc))
             return DROP
 
+    def _flow(self, sf, key, seg: Segment, outbound: bool, now: float) -> Result:
+        if sf is not None and sf.state is _ENCRYPTING and not seg.flags & SYN:
+            sf.last_seen = now
+            if outbound:
+                return _protect(self._t, sf, seg, now)
+            res = _unprotect(self._t, sf, seg, now)
+            return res if res is not None else handshake.recv_unauthenticated(self._t, sf, seg, now)
+        return self._slow_path(sf, key, seg, outbound, now)
+
     def handle_timer(self, now: float) -> list[bytes]:
         t = self._t
+        fast = self.fast
+        timed = list(t.timed) if fast is not None else ()
+        for sf in timed:
+            fast.pull(sf)
         out = handshake.timers(t, now)
         if now >= t.next_sweep:
+            if fast is not None:
+                fast.pull_all()  # last_seen decides what is idle
             t.sweep(now)
             t.next_sweep = now + SWEEP_INTERVAL
+        for sf in timed:
+            fast.sync(sf)
         return out
 
     def next_timer(self) -> float | None:
@@ -96,6 +127,8 @@ class Engine:
         return ev
 
     def stats(self) -> dict[str, int]:
+        if self.fast is not None:
+            self.fast.pull_counters()
         s = dict(self.counters)
         s["flows"] = len(self._flows)
         s["sessions_cached"] = len(self._t.peer_cache)
@@ -103,6 +136,8 @@ class Engine:
         return s
 
     def sessions(self) -> list[dict]:
+        if self.fast is not None:
+            self.fast.pull_all()
         rows, seen = [], set()
         for sf in self._flows.values():
             conn = sf.conn
@@ -132,6 +167,8 @@ class Engine:
         are gone the kernels would otherwise continue it in clear (PROTOCOL.md invariant 6)."""
         t = self._t
         out = []
+        if self.fast is not None:
+            self.fast.pull_all()
         for sf in list(self._flows.values()):
             if sf.tx is None or sf.closed_at is not None:
                 continue
@@ -144,6 +181,8 @@ class Engine:
 
     def export_state(self) -> dict:
         """The live sessions and flows for a successor daemon (graceful restart; core/handover.py). Secret."""
+        if self.fast is not None:
+            self.fast.pull_all()
         return handover.export_state(self._t)
 
     def import_state(self, data: dict) -> int:

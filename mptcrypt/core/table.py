@@ -66,6 +66,7 @@ class Table:
         self.sym_list = bytes(config.sym_ciphers)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.key_log: Callable[[SubflowKeys], None] | None = None  # key log hook (Engine(key_log=...)); off: None
+        self.on_drop: Callable[[Subflow], None] | None = None  # the compiled fast path forgets it (datapath.FastPath)
 
     # --- events and counters ----------------------------------------------------------------------------
     def event(self, kind: str, key, detail: str = "") -> None:
@@ -101,6 +102,8 @@ class Table:
 
     def drop_flow(self, sf: Subflow) -> None:
         self.flows.pop(sf.key, None)
+        if self.on_drop is not None:
+            self.on_drop(sf)
         if sf.tx is not None and sf.closed_at is None:  # forgotten while protected and open
             self.tombstones[sf.key] = None
             self.tombstones.move_to_end(sf.key)

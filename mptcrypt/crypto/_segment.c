@@ -19,6 +19,8 @@
 #include <openssl/evp.h>
 #include <openssl/opensslv.h>
 
+#include "_fastpath_api.h"
+
 #define MODULE_NAME "mptcrypt.crypto._segment"
 #define MAC_VERSION 2           /* the protocol version whose MAC this implements */
 
@@ -756,6 +758,475 @@ static PyType_Spec SegmentCipher_spec = {
     MODULE_NAME ".SegmentCipher", sizeof(SegmentCipherObject), 0, Py_TPFLAGS_DEFAULT, SegmentCipher_slots,
 };
 
+/*
+ * FlowTable: the compiled fast path (issue 14 direction 3). The engine (core/engine.py, through
+ * core/datapath.FastPath) installs an ENCRYPTING subflow here with its two SegmentCipher objects, its sequence
+ * references and how far its sender may go before a REKEY; `packet()` (and the C entry point in the _FAST_API
+ * capsule, which mptcrypt/daemon/_nfq.c calls between recvmmsg and the verdicts' sendmsg) then seals or opens an
+ * ordinary data segment or pure ACK of that subflow exactly as core/datapath.protect / unprotect would, and
+ * keeps the counters and per-subflow counts Python reads back (`pull`, `take_counters`). Anything else is
+ * declined (0 / None) and goes to the Python engine unchanged: another IP layout, SYN / FIN / RST, an option it
+ * does not know or an MPTCP option other than DSS, a segment older than the subflow's newest (the stale-signal
+ * rule), a MAC that does not verify (the peer's next key generation, or an injection), the REKEY budget or time
+ * reached, no room for the MAC option, a flow not installed. Declining never changes state.
+ */
+#define IPV4_FRAG_MASK 0x3FFF
+#define TCPOPT_EOL 0
+#define TCPOPT_NOP 1
+#define TCPOPT_MPTCP 30
+#define TCPOPT_EXP 253
+#define MPTCP_SUB_DSS 2
+#define FAST_COUNTERS 5          /* packets, segments_protected, bytes_encrypted, segments_verified, bytes_decrypted */
+
+typedef struct {
+    unsigned char local[16], remote[16];
+    uint16_t lport, rport;
+    unsigned char alen;          /* 4 or 16 */
+} FlowKey;
+
+typedef struct FlowEntry {
+    struct FlowEntry *next;
+    FlowKey key;
+    uint64_t hash;
+    SegmentCipherObject *tx, *rx;
+    int64_t out_ref, in_ref, in_ack_max;  /* as Subflow's (the highest extended seq sent / received, ack verified) */
+    int64_t tx_limit;            /* bytes_out (below) at which a REKEY is due: from then on Python protects */
+    double tx_rekey_time;        /* now at which a REKEY is due */
+    int in_ok;                   /* inbound handled here (confirmed, no MP_CAPABLE keys left to learn) */
+    int opened;                  /* a segment verified since the last pull (Subflow.unmacked = 0) */
+    double last_seen;
+    int64_t bytes_out, bytes_in, segments_out, segments_in;  /* since the last pull */
+} FlowEntry;
+
+typedef struct {
+    PyObject_HEAD
+    FlowEntry **buckets;
+    size_t nbuckets, count;      /* nbuckets a power of two (0 before the first install) */
+    int64_t counters[FAST_COUNTERS];  /* since the last take_counters */
+} FlowTableObject;
+
+static PyTypeObject *SegmentCipherType, *FlowTableType;
+
+static uint64_t
+key_hash(const FlowKey *k)
+{
+    /* FNV-1a over the key: entries exist only for keyed flows, so an attacker cannot fill chains */
+    uint64_t h = 0xcbf29ce484222325ull;
+    const unsigned char *p = (const unsigned char *)k;
+    for (size_t i = 0; i < sizeof *k; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h ^ (h >> 29);
+}
+
+static FlowEntry **
+find_slot(FlowTableObject *t, const FlowKey *k, uint64_t h)
+{
+    if (t->nbuckets == 0)
+        return NULL;
+    FlowEntry **slot = &t->buckets[h & (t->nbuckets - 1)];
+    while (*slot != NULL && ((*slot)->hash != h || memcmp(&(*slot)->key, k, sizeof *k) != 0))
+        slot = &(*slot)->next;
+    return slot;
+}
+
+static int
+grow(FlowTableObject *t)
+{
+    size_t n = t->nbuckets ? t->nbuckets * 2 : 64;
+    FlowEntry **b = PyMem_Calloc(n, sizeof *b);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (FlowEntry *e = t->buckets[i], *next; e != NULL; e = next) {
+            next = e->next;
+            e->next = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    }
+    PyMem_Free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
+    return 0;
+}
+
+/* (local addr bytes, local port, remote addr bytes, remote port): Subflow.key */
+static int
+key_from_tuple(PyObject *tuple, FlowKey *k)
+{
+    Py_buffer la, ra;
+    int lp, rp;
+    memset(k, 0, sizeof *k);
+    if (!PyArg_ParseTuple(tuple, "y*iy*i", &la, &lp, &ra, &rp))
+        return -1;
+    int rc = 0;
+    if ((la.len != 4 && la.len != 16) || la.len != ra.len || lp < 0 || lp > 0xFFFF || rp < 0 || rp > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "a flow key is (local addr, local port, remote addr, remote port)");
+        rc = -1;
+    } else {
+        k->alen = (unsigned char)la.len;
+        memcpy(k->local, la.buf, (size_t)la.len);
+        memcpy(k->remote, ra.buf, (size_t)ra.len);
+        k->lport = (uint16_t)lp;
+        k->rport = (uint16_t)rp;
+    }
+    PyBuffer_Release(&la);
+    PyBuffer_Release(&ra);
+    return rc;
+}
+
+static void
+entry_free(FlowEntry *e)
+{
+    Py_XDECREF(e->tx);
+    Py_XDECREF(e->rx);
+    PyMem_Free(e);
+}
+
+static inline uint32_t
+get32(const unsigned char *p)
+{
+    return (uint32_t)get16(p) << 16 | get16(p + 2);
+}
+
+/* core/datapath.extended: the 64-bit number nearest `ref` whose low 32 bits are `v` (negative: before the ISN) */
+static inline int64_t
+extend32(uint32_t v, int64_t ref)
+{
+    uint32_t d = v - (uint32_t)ref + 0x80000000u;
+    return ref + (int64_t)d - 0x80000000ll;
+}
+
+/* 1 when every option is one this path knows (EOL, NOP, MSS, window scale, SACK-permitted, SACK, timestamps,
+   MPTCP DSS, and inbound the mptcrypt option) and well-formed; 0 sends the segment to Python */
+static int
+options_known(const unsigned char *o, size_t n, int outbound)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned kind = o[i];
+        if (kind == TCPOPT_EOL)
+            return 1;
+        if (kind == TCPOPT_NOP) {
+            i++;
+            continue;
+        }
+        if (i + 2 > n || o[i + 1] < 2 || i + o[i + 1] > n)
+            return 0;
+        unsigned len = o[i + 1];
+        switch (kind) {
+        case 2: case 3: case 4: case 5: case 8:
+            break;
+        case TCPOPT_MPTCP:
+            if (len < 3 || o[i + 2] >> 4 != MPTCP_SUB_DSS)
+                return 0;
+            break;
+        case TCPOPT_EXP:
+            if (outbound)
+                return 0;
+            break;
+        default:
+            return 0;
+        }
+        i += len;
+    }
+    return 1;
+}
+
+/*
+ * The fast path for one packet: 1 when it was sealed (outbound) or opened (inbound) into `out` (`*out_len` bytes)
+ * and every count updated, 0 when Python must handle it (nothing changed). Never leaves a Python error set.
+ */
+static int
+fast_packet(PyObject *table, const unsigned char *in, Py_ssize_t len, int outbound, double now, unsigned char *out,
+            Py_ssize_t cap, Py_ssize_t *out_len)
+{
+    FlowTableObject *t = (FlowTableObject *)table;
+    if (Py_TYPE(table) != FlowTableType || t->count == 0 || len < IPV4_HEADER_LEN + TCP_HEADER_LEN)
+        return 0;
+    Py_ssize_t l4;
+    const unsigned char *src, *dst;
+    FlowKey k;
+    memset(&k, 0, sizeof k);
+    if (in[0] == 0x45) {  /* IPv4 without options, not a fragment, its total length the packet's */
+        if (get16(in + 2) != len || in[9] != 6 || get16(in + 6) & IPV4_FRAG_MASK)
+            return 0;
+        l4 = IPV4_HEADER_LEN;
+        src = in + 12;
+        dst = in + 16;
+        k.alen = 4;
+    } else if (in[0] >> 4 == 6) {  /* IPv6 without extension headers */
+        if (len < IPV6_HEADER_LEN + TCP_HEADER_LEN || in[6] != 6 || IPV6_HEADER_LEN + get16(in + 4) != len)
+            return 0;
+        l4 = IPV6_HEADER_LEN;
+        src = in + 8;
+        dst = in + 24;
+        k.alen = 16;
+    } else {
+        return 0;
+    }
+    const unsigned char *tcp = in + l4;
+    int hlen = (tcp[12] >> 4) * 4;
+    unsigned flags = tcp[13];
+    if (hlen < TCP_HEADER_LEN || l4 + hlen > len || flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST) ||
+        !options_known(tcp + TCP_HEADER_LEN, (size_t)hlen - TCP_HEADER_LEN, outbound))
+        return 0;
+    memcpy(k.local, outbound ? src : dst, k.alen);
+    memcpy(k.remote, outbound ? dst : src, k.alen);
+    k.lport = get16(outbound ? tcp : tcp + 2);
+    k.rport = get16(outbound ? tcp + 2 : tcp);
+    uint64_t h = key_hash(&k);
+    FlowEntry **slot = find_slot(t, &k, h), *e = slot ? *slot : NULL;
+    if (e == NULL)
+        return 0;
+    int has_ack = (flags & TCP_FLAG_ACK) != 0;
+    int64_t n = len - l4 - hlen, ext_seq, ext_ack;
+    int rc;
+    if (outbound) {
+        ext_seq = extend32(get32(tcp + 4), e->out_ref);
+        ext_ack = has_ack ? extend32(get32(tcp + 8), e->in_ref) : 0;
+        if (ext_seq < 0 || ext_ack < 0 || e->bytes_out >= e->tx_limit || !(now < e->tx_rekey_time))
+            return 0;
+        rc = seal_into(e->tx, in, len, l4, hlen, (uint64_t)ext_seq, (uint64_t)ext_ack, out, cap, out_len);
+    } else {
+        ext_seq = extend32(get32(tcp + 4), e->in_ref);
+        ext_ack = has_ack ? extend32(get32(tcp + 8), e->out_ref) : 0;
+        if (!e->in_ok || ext_seq < 0 || ext_ack < 0 || ext_seq + n < e->in_ref || ext_ack < e->in_ack_max)
+            return 0;  /* older than the newest: Python applies the stale-signal rule */
+        rc = open_into(e->rx, in, len, l4, hlen, (uint64_t)ext_seq, (uint64_t)ext_ack, out, cap, out_len);
+    }
+    if (rc != 1) {
+        if (rc < 0)
+            PyErr_Clear();  /* Python's path meets the same error and reports it */
+        return 0;
+    }
+    if (outbound) {
+        if (ext_seq + n > e->out_ref)
+            e->out_ref = ext_seq + n;
+        e->bytes_out += n;
+        e->segments_out++;
+        t->counters[1]++;
+        t->counters[2] += n;
+    } else {
+        e->in_ref = ext_seq + n;
+        e->in_ack_max = ext_ack;
+        e->opened = 1;
+        e->bytes_in += n;
+        e->segments_in++;
+        t->counters[3]++;
+        t->counters[4] += n;
+    }
+    if (now > e->last_seen)
+        e->last_seen = now;
+    t->counters[0]++;
+    return 1;
+}
+
+PyDoc_STRVAR(ft_install_doc,
+             "install(key, tx, rx, out_ref, in_ref, in_ack_max, tx_budget, tx_rekey_time, in_ok, last_seen)\n\n"
+             "Add or update the subflow `key` (Subflow.key): its SegmentCiphers, sequence references, the bytes its "
+             "sender may still protect before a REKEY is due, when one is due by time, whether inbound segments "
+             "are handled here. Counts not yet pulled are kept.");
+
+static PyObject *
+FlowTable_install(FlowTableObject *self, PyObject *args)
+{
+    PyObject *key, *tx, *rx;
+    long long out_ref, in_ref, in_ack_max, budget;
+    double rekey_time, last_seen;
+    int in_ok;
+    FlowKey k;
+    if (!PyArg_ParseTuple(args, "OO!O!LLLLdpd", &key, SegmentCipherType, &tx, SegmentCipherType, &rx, &out_ref,
+                          &in_ref, &in_ack_max, &budget, &rekey_time, &in_ok, &last_seen) ||
+        key_from_tuple(key, &k) < 0)
+        return NULL;
+    if (check_ready((SegmentCipherObject *)tx) < 0 || check_ready((SegmentCipherObject *)rx) < 0)
+        return NULL;
+    if (out_ref < 0 || in_ref < 0 || in_ack_max < 0 || out_ref >= 1ll << 62 || in_ref >= 1ll << 62 ||
+        in_ack_max >= 1ll << 62) {
+        PyErr_SetString(PyExc_ValueError, "sequence references must be in [0, 2**62)");
+        return NULL;
+    }
+    uint64_t h = key_hash(&k);
+    FlowEntry **slot = find_slot(self, &k, h), *e = slot ? *slot : NULL;
+    if (e == NULL) {
+        if (self->count + 1 > self->nbuckets && grow(self) < 0)
+            return NULL;
+        e = PyMem_Calloc(1, sizeof *e);
+        if (e == NULL)
+            return PyErr_NoMemory();
+        e->key = k;
+        e->hash = h;
+        slot = find_slot(self, &k, h);
+        *slot = e;
+        self->count++;
+    }
+    Py_INCREF(tx);
+    Py_INCREF(rx);
+    Py_XSETREF(e->tx, (SegmentCipherObject *)tx);
+    Py_XSETREF(e->rx, (SegmentCipherObject *)rx);
+    e->out_ref = out_ref;
+    e->in_ref = in_ref;
+    e->in_ack_max = in_ack_max;
+    /* saturating: the budget is "bytes before the REKEY", counted on top of what was not pulled yet */
+    e->tx_limit = budget > INT64_MAX - e->bytes_out ? INT64_MAX : e->bytes_out + budget;
+    e->tx_rekey_time = rekey_time;
+    e->in_ok = in_ok;
+    if (last_seen > e->last_seen)
+        e->last_seen = last_seen;
+    Py_RETURN_NONE;
+}
+
+/* (out_ref, in_ref, in_ack_max, last_seen, bytes_out, bytes_in, segments_out, segments_in, verified) of `e`,
+   its counts then zeroed */
+static PyObject *
+entry_take(FlowEntry *e)
+{
+    PyObject *r = Py_BuildValue("(LLLdLLLLO)", (long long)e->out_ref, (long long)e->in_ref,
+                                (long long)e->in_ack_max, e->last_seen, (long long)e->bytes_out,
+                                (long long)e->bytes_in, (long long)e->segments_out, (long long)e->segments_in,
+                                e->opened ? Py_True : Py_False);
+    if (r != NULL) {
+        e->tx_limit -= e->bytes_out;
+        e->bytes_out = e->bytes_in = e->segments_out = e->segments_in = 0;
+        e->opened = 0;
+    }
+    return r;
+}
+
+PyDoc_STRVAR(ft_pull_doc, "pull(key) -> (out_ref, in_ref, in_ack_max, last_seen, bytes_out, bytes_in, "
+             "segments_out, segments_in, verified) | None\n\n"
+             "The subflow's references and what it counted since the last pull (then zeroed); None if not installed.");
+
+static PyObject *
+FlowTable_pull(FlowTableObject *self, PyObject *key)
+{
+    FlowKey k;
+    if (key_from_tuple(key, &k) < 0)
+        return NULL;
+    FlowEntry **slot = find_slot(self, &k, key_hash(&k));
+    if (slot == NULL || *slot == NULL)
+        Py_RETURN_NONE;
+    return entry_take(*slot);
+}
+
+PyDoc_STRVAR(ft_remove_doc, "remove(key) -> what pull(key) returns, and the subflow is no longer handled here");
+
+static PyObject *
+FlowTable_remove(FlowTableObject *self, PyObject *key)
+{
+    FlowKey k;
+    if (key_from_tuple(key, &k) < 0)
+        return NULL;
+    FlowEntry **slot = find_slot(self, &k, key_hash(&k));
+    if (slot == NULL || *slot == NULL)
+        Py_RETURN_NONE;
+    FlowEntry *e = *slot;
+    PyObject *r = entry_take(e);
+    if (r != NULL) {
+        *slot = e->next;
+        self->count--;
+        entry_free(e);
+    }
+    return r;
+}
+
+PyDoc_STRVAR(ft_take_doc, "take_counters() -> (packets, segments_protected, bytes_encrypted, segments_verified, "
+             "bytes_decrypted) since the last call (then zeroed)");
+
+static PyObject *
+FlowTable_take_counters(FlowTableObject *self, PyObject *unused)
+{
+    int64_t *c = self->counters;
+    PyObject *r = Py_BuildValue("(LLLLL)", (long long)c[0], (long long)c[1], (long long)c[2], (long long)c[3],
+                                (long long)c[4]);
+    if (r != NULL)
+        memset(c, 0, sizeof self->counters);
+    return r;
+}
+
+PyDoc_STRVAR(ft_packet_doc, "packet(packet, outbound, now) -> bytes | None\n\n"
+             "The sealed (outbound) or opened (inbound) packet when the fast path handled it, None when the engine "
+             "must (nothing changed then).");
+
+static PyObject *
+FlowTable_packet(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "packet(packet, outbound, now)");
+        return NULL;
+    }
+    if (self->count == 0)
+        Py_RETURN_NONE;
+    int outbound = PyObject_IsTrue(args[1]);
+    double now = PyFloat_AsDouble(args[2]);
+    if (outbound < 0 || (now == -1.0 && PyErr_Occurred()))
+        return NULL;
+    Py_buffer pkt;
+    if (PyObject_GetBuffer(args[0], &pkt, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t cap = pkt.len + MAC_OPTION_LEN, out_len = 0;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, cap);
+    if (result != NULL) {
+        if (fast_packet((PyObject *)self, pkt.buf, pkt.len, outbound, now,
+                        (unsigned char *)PyBytes_AS_STRING(result), cap, &out_len) == 1) {
+            if (out_len != cap)
+                _PyBytes_Resize(&result, out_len);
+        } else {
+            Py_SETREF(result, Py_NewRef(Py_None));
+        }
+    }
+    PyBuffer_Release(&pkt);
+    return result;
+}
+
+static Py_ssize_t
+FlowTable_len(FlowTableObject *self)
+{
+    return (Py_ssize_t)self->count;
+}
+
+static void
+FlowTable_dealloc(FlowTableObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    for (size_t i = 0; i < self->nbuckets; i++) {
+        for (FlowEntry *e = self->buckets[i], *next; e != NULL; e = next) {
+            next = e->next;
+            entry_free(e);
+        }
+    }
+    PyMem_Free(self->buckets);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef FlowTable_methods[] = {
+    {"install", (PyCFunction)FlowTable_install, METH_VARARGS, ft_install_doc},
+    {"pull", (PyCFunction)FlowTable_pull, METH_O, ft_pull_doc},
+    {"remove", (PyCFunction)FlowTable_remove, METH_O, ft_remove_doc},
+    {"take_counters", (PyCFunction)FlowTable_take_counters, METH_NOARGS, ft_take_doc},
+    {"packet", (PyCFunction)(void (*)(void))FlowTable_packet, METH_FASTCALL, ft_packet_doc},
+    {NULL}
+};
+
+static PyType_Slot FlowTable_slots[] = {
+    {Py_tp_dealloc, FlowTable_dealloc},
+    {Py_tp_methods, FlowTable_methods},
+    {Py_mp_length, FlowTable_len},
+    {Py_tp_doc, "FlowTable(): the compiled fast path's subflows (core/datapath.FastPath owns it)."},
+    {Py_tp_new, PyType_GenericNew},
+    {0, 0},
+};
+
+static PyType_Spec FlowTable_spec = {
+    MODULE_NAME ".FlowTable", sizeof(FlowTableObject), 0, Py_TPFLAGS_DEFAULT, FlowTable_slots,
+};
+
+/* what mptcrypt/daemon/_nfq.c imports (PyCapsule_Import("mptcrypt.crypto._segment._FAST_API")) */
+static MptcFastApi fast_api = {MPTC_FAST_API_VERSION, fast_packet};
+
 PyDoc_STRVAR(assemble_doc, "assemble(packet, l4, options, payload) -> bytes\n\n"
              "The IP header of `packet` and its TCP header with `options` and `payload`, lengths and checksums "
              "fresh.");
@@ -846,11 +1317,20 @@ PyInit__segment(void)
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)
         return NULL;
-    PyObject *type = PyType_FromSpec(&SegmentCipher_spec);
-    if (type == NULL || PyModule_AddObject(m, "SegmentCipher", type) < 0 ||
-        PyModule_AddIntConstant(m, "MAC_VERSION", MAC_VERSION) < 0 ||
-        PyModule_AddStringConstant(m, "OPENSSL", OpenSSL_version(OPENSSL_VERSION)) < 0) {
-        Py_XDECREF(type);
+    /* the two types stay referenced from the statics (fast_packet and install check against them) */
+    SegmentCipherType = (PyTypeObject *)PyType_FromSpec(&SegmentCipher_spec);
+    FlowTableType = (PyTypeObject *)PyType_FromSpec(&FlowTable_spec);
+    PyObject *capsule = PyCapsule_New(&fast_api, MPTC_FAST_API_CAPSULE, NULL);
+    int ok = SegmentCipherType != NULL && FlowTableType != NULL && capsule != NULL &&
+             PyModule_AddObjectRef(m, "SegmentCipher", (PyObject *)SegmentCipherType) == 0 &&
+             PyModule_AddObjectRef(m, "FlowTable", (PyObject *)FlowTableType) == 0 &&
+             PyModule_AddObjectRef(m, "_FAST_API", capsule) == 0 &&
+             PyModule_AddIntConstant(m, "MAC_VERSION", MAC_VERSION) == 0 &&
+             PyModule_AddStringConstant(m, "OPENSSL", OpenSSL_version(OPENSSL_VERSION)) == 0;
+    Py_XDECREF(capsule);
+    if (!ok) {
+        Py_CLEAR(SegmentCipherType);
+        Py_CLEAR(FlowTableType);
         Py_DECREF(m);
         return NULL;
     }

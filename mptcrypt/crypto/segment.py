@@ -13,7 +13,8 @@ OverflowError). A packet too short for the TCP header it declares raises ValueEr
 
 `SegmentCipher` is the compiled class when the extension is built and importable, the reference otherwise, or
 when the environment sets MPTCRYPT_SEGMENT_PATH=python; `SEGMENT_PATH` and `SEGMENT_PATH_REASON` say which and
-why (the daemon logs them at start).
+why (the daemon logs them at start). `FlowTable` is the compiled fast path's table (None when it is off:
+MPTCRYPT_FAST_PATH=off, or no compiled path), `FAST_PATH_REASON` says which and why.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ AEAD_TAG_LEN = 16
 POLY1305_S_ZERO = bytes(16)  # the Poly1305 "s" half: zero, the AES block after it is the PRF (§5)
 MAC_VERSION = 2  # the protocol version that defined this MAC; the extension reports the one it implements
 ENV_SEGMENT_PATH = "MPTCRYPT_SEGMENT_PATH"  # "python" forces the reference implementation
+ENV_FAST_PATH = "MPTCRYPT_FAST_PATH"  # "off": no compiled fast path (core/datapath.FastPath)
 _TCP = struct.Struct("!HHIIHHHH")
 _MAC_FIELDS = struct.Struct("!QQHHH")  # ext seq, ext ack, data offset + flags word, window, urgent
 _CSUM = struct.Struct("!H")
@@ -205,3 +207,22 @@ def _select():
 
 
 SegmentCipher, assemble, SEGMENT_PATH, SEGMENT_PATH_REASON = _select()
+
+
+def _select_fast_path():
+    """(FlowTable class or None, reason): the compiled fast path (core/datapath.FastPath) runs on the compiled
+    segment path unless MPTCRYPT_FAST_PATH=off; "on" refuses to start without it; any other value is an error."""
+    forced = os.environ.get(ENV_FAST_PATH, "").strip().lower()
+    if forced not in ("", "on", "off"):
+        raise ValueError(f"{ENV_FAST_PATH}={os.environ[ENV_FAST_PATH]!r}: use 'on', 'off' or unset it")
+    if forced == "off":
+        return None, f"off (forced by {ENV_FAST_PATH}=off): every segment goes through the Python engine"
+    if SEGMENT_PATH != "compiled":
+        if forced == "on":
+            raise ImportError(f"{ENV_FAST_PATH}=on but the segment path is {SEGMENT_PATH} ({SEGMENT_PATH_REASON})")
+        return None, f"off: it needs the compiled segment path ({SEGMENT_PATH_REASON})"
+    from mptcrypt.crypto import _segment
+    return _segment.FlowTable, "on: protected flows' data segments and ACKs are sealed and opened in C"
+
+
+FlowTable, FAST_PATH_REASON = _select_fast_path()

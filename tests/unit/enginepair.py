@@ -11,14 +11,15 @@ from mptcrypt.core.events import Verdict
 
 
 class EnginePair:
-    def __init__(self, client: Config | None = None, server: Config | None = None, seed: int = 1):
+    def __init__(self, client: Config | None = None, server: Config | None = None, seed: int = 1,
+                 fast_path: bool | None = None):
         counter = iter(range(1 << 30))
 
         def rng(n, _tag=seed):  # deterministic, distinct per engine and call
             return (f"{_tag}:{next(counter)}".encode() * n)[:n]
 
-        self.eng = {"c": Engine(client or Config(), random=lambda n: rng(n, seed)),
-                    "s": Engine(server or Config(), random=lambda n: rng(n, seed + 1000))}
+        self.eng = {"c": Engine(client or Config(), random=lambda n: rng(n, seed), fast_path=fast_path),
+                    "s": Engine(server or Config(), random=lambda n: rng(n, seed + 1000), fast_path=fast_path)}
         self.rx = {"c": [], "s": []}  # what each kernel received
         self.wire: list[bytes] = []  # every packet that crossed the wire
         self.now = 0.0
