@@ -10,13 +10,15 @@ setup(
         Extension(
             "mptcrypt.crypto._segment",
             sources=["mptcrypt/crypto/_segment.c"],
+            depends=["mptcrypt/crypto/_fastpath_api.h"],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
             optional=True,
         ),
         # batched NFQUEUE I/O (recvmmsg, verdicts in one sendmsg) for `mptcrypt daemon --queue-backend batched`
-        Extension("mptcrypt.daemon._nfq", sources=["mptcrypt/daemon/_nfq.c"], extra_compile_args=["-O2", "-Wall"],
-                  optional=True),
+        # recv_batch_fast calls the fast path of mptcrypt.crypto._segment through its capsule (_fastpath_api.h)
+        Extension("mptcrypt.daemon._nfq", sources=["mptcrypt/daemon/_nfq.c"], depends=["mptcrypt/crypto/_fastpath_api.h"],
+                  extra_compile_args=["-O2", "-Wall"], optional=True),
     ],
 )

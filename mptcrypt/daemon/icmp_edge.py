@@ -54,6 +54,12 @@ class TooBigClamp:
         self._reported[quoted_destination(packet)] = too_big_mtu(lowered)
         return Result(Verdict.ACCEPT, lowered)
 
+    @property
+    def fast(self):
+        """The engine's compiled fast path, for the queue to call without `handle`: only while no lowered path
+        MTU makes outbound segments need the look `handle` gives them."""
+        return None if self.resend and self._reported else self.engine.fast
+
     def stats(self) -> dict:
         return {**self.engine.stats(), **self.counters}
 

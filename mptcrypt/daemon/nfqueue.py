@@ -51,6 +51,7 @@ EDGE_COUNTERS = (
     "nfq_outbound",
     "nfq_accepted",
     "nfq_modified",  # accepted with a new payload
+    "nfq_fast_path",  # of those, sealed / opened and verdicted in C without the Python engine (queue_batched.py)
     "nfq_dropped",  # DROP verdicts and fail-closed drops
     "nfq_held",  # HOLD verdicts (dropped here, kept by the engine)
     "nfq_engine_errors",  # engine.handle / handle_timer raised

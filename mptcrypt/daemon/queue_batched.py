@@ -3,6 +3,10 @@
 Same contract as `mptcrypt.daemon.nfqueue.QueueWorker` (it subclasses it: the per-packet decision, counters,
 fail-closed handling and logging are that class's `on_packet`); only the queue I/O differs:
 
+* with the engine's compiled fast path (core/datapath.FastPath, on unless MPTCRYPT_FAST_PATH=off), the
+  protected flows' ordinary segments are sealed / opened and verdicted inside `_nfq.recv_batch_fast`, in C,
+  never reaching `on_packet`; from the first packet of a batch that the fast path declines, the rest of the
+  batch goes through `on_packet` in order (the engine tries its fast path again for each).
 * a wakeup drains the socket without blocking (up to BATCH packets, or the time slice), and the verdicts of what
   it read go to the kernel together, as consecutive netlink messages in ONE sendmsg (netfilterqueue: one recv and
   one sendmsg per packet). Before any daemon-made packet is injected, the verdicts so far are flushed, so the
@@ -156,12 +160,30 @@ class BatchedQueueWorker(QueueWorker):
             return
         self._slice_end = self.clock() + slice_seconds if slice_seconds > 0 else float("inf")
         fd, on_packet, counters = sock.fileno(), self.on_packet, self.counters
+        fast = getattr(self.engine, "fast", None)  # the compiled fast path (core/datapath.FastPath), or None
         try:
             slice_over = False
             while not slice_over:
-                batch = _nfq.recv_batch(fd, BATCH)
-                if not batch:
-                    return
+                if fast is None:
+                    batch = _nfq.recv_batch(fd, BATCH)
+                    if not batch:
+                        return
+                else:
+                    batch, fast_in, fast_out, verdict_errno = _nfq.recv_batch_fast(fd, BATCH, self.queue_num,
+                                                                                   fast.table, self.clock())
+                    if fast_in or fast_out:
+                        counters["nfq_inbound"] += fast_in
+                        counters["nfq_outbound"] += fast_out
+                        counters["nfq_modified"] += fast_in + fast_out
+                        counters["nfq_fast_path"] += fast_in + fast_out
+                    elif not batch:
+                        return
+                    if verdict_errno:
+                        counters["nfq_engine_errors"] += 1
+                        self._once(f"verdict:{verdict_errno}", "could not send verdicts to NFQUEUE",
+                                   OSError(verdict_errno, os.strerror(verdict_errno)), traceback=False)
+                    if not batch and self.clock() >= self._slice_end:
+                        return
                 for packet_id, hook, payload in batch:  # every packet read gets its verdict, slice over or not
                     if payload is None:  # longer than a receive slot: never passed unexamined
                         counters["nfq_truncated"] += 1

@@ -7,6 +7,8 @@ signals, reordering and retransmissions. And the switch: MPTCRYPT_FAST_PATH."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 
@@ -244,3 +246,41 @@ def test_the_switch_turns_the_fast_path_off_and_a_typo_is_an_error():
     assert env_choice("on").stdout.startswith("True True on")
     bad = env_choice("no")
     assert bad.returncode != 0 and segment.ENV_FAST_PATH in bad.stderr
+
+
+# ------------------------------------------------------------------------------ the queue's C drain (_nfq.c)
+def nfq_message(packet_id: int, hook: int, payload: bytes) -> bytes:
+    """One NFQNL_MSG_PACKET as the kernel sends it: packet header attribute, then the payload attribute."""
+    def attr(kind, data):
+        n = 4 + len(data)
+        return struct.pack("=HH", n, kind) + data + bytes(-n % 4)
+
+    body = struct.pack("=BBH", 2, 0, 0) + attr(1, struct.pack("!IHB", packet_id, 0x0800, hook)) + attr(10, payload)
+    return struct.pack("=IHHII", 16 + len(body), (3 << 8) | 0, 0, 0, 0) + body
+
+
+def test_the_drain_seals_in_c_until_the_first_packet_it_leaves_to_python():
+    """recv_batch_fast over a datagram socketpair: the first protected segment is opened in C (counted by the
+    server's table, not returned); an unknown flow's segment is returned, and so is the protected one after it,
+    in order, for the engine (which then opens it through its own fast path)."""
+    nfq = pytest.importorskip("mptcrypt.daemon._nfq")
+    run = Run(fast=True)
+    run.hold_next = True
+    run.do(("data", "c", 0, 500))
+    run.hold_next = True
+    run.do(("data", "c", 0, 600))
+    first, second = run.held
+    server = run.pair.eng["s"]
+    unknown = kseg(bytes((10, 9, 9, 9)), 1234, S_ADDR, 5000, 1, 1, ACK, [], b"x")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        for i, pkt in enumerate((first, unknown, second), start=1):
+            a.send(nfq_message(i, 1, pkt))  # hook 1: LOCAL_IN
+        before = server.stats()["segments_verified"]
+        got, inbound, outbound, verdict_errno = nfq.recv_batch_fast(b.fileno(), 64, 0, server.fast.table, 5.0)
+    assert [(pid, hook, payload) for pid, hook, payload in got] == [(2, 1, unknown), (3, 1, second)]
+    assert (inbound, outbound) == (1, 0)
+    assert verdict_errno != 0  # a socketpair is no netlink socket: the one verdict was sent, and refused
+    assert server.stats()["segments_verified"] == before + 1
+    assert server.handle(second, False, 5.0).packet is not None
+    assert server.stats()["segments_verified"] == before + 2
