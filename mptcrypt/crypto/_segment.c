@@ -34,7 +34,6 @@
 #define IPV4_HEADER_LEN 20
 #define IPV6_HEADER_LEN 40
 #define IP_MAX_LEN 0xFFFF       /* IPv4 total length, IPv6 payload length */
-#define HARDEN_EXT 0
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
@@ -506,7 +505,7 @@ seal_into(SegmentCipherObject *self, const unsigned char *in, Py_ssize_t len, Py
           uint64_t ext_seq, uint64_t ext_ack, unsigned char *out, Py_ssize_t cap, Py_ssize_t *out_len)
 {
     Py_ssize_t options_len = hlen - TCP_HEADER_LEN;
-    if (HARDEN_EXT && check_extension(in + l4, ext_seq, ext_ack) < 0)
+    if (check_extension(in + l4, ext_seq, ext_ack) < 0)
         return -1;
     if (options_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE)
         return 0;
@@ -540,7 +539,7 @@ open_into(SegmentCipherObject *self, const unsigned char *in, Py_ssize_t len, Py
           uint64_t ext_seq, uint64_t ext_ack, unsigned char *out, Py_ssize_t cap, Py_ssize_t *out_len)
 {
     const unsigned char *mac_opt = in + l4 + hlen - MAC_OPTION_LEN;
-    if (HARDEN_EXT && check_extension(in + l4, ext_seq, ext_ack) < 0)
+    if (check_extension(in + l4, ext_seq, ext_ack) < 0)
         return -1;
     if (hlen - TCP_HEADER_LEN < MAC_OPTION_LEN || memcmp(mac_opt, MAC_PREFIX, 4) != 0)
         return 0;

@@ -9,7 +9,8 @@ test holds both to the same bytes. docs/protocol.md §5 is the specification (pr
 Both calls take a complete IP packet (IPv4 with or without options, or IPv6 with or without extension headers)
 whose TCP header starts at offset `l4`, and whose IP length fields agree with `len(packet)`; the caller has
 extended the 32-bit seq/ack to 64 bits (`ext_ack` is 0 when ACK is not set; both must fit 64 bits, else
-OverflowError). A packet too short for the TCP header it declares raises ValueError.
+OverflowError, and their low 32 bits must be the header's seq and, with ACK set, ack, else ValueError). A packet
+too short for the TCP header it declares raises ValueError.
 
 `SegmentCipher` is the compiled class when the extension is built and importable, the reference otherwise, or
 when the environment sets MPTCRYPT_SEGMENT_PATH=python; `SEGMENT_PATH` and `SEGMENT_PATH_REASON` say which and
@@ -31,6 +32,7 @@ from mptcrypt.constants import MAC_OPTION_LEN, MAC_TAG_LEN, TCP_MAX_OPTION_SPACE
 from mptcrypt.crypto.keyschedule import DirectionSecrets
 from mptcrypt.wire.ip import rebuild_ip_header
 from mptcrypt.wire.messages import EXP_PREFIX
+from mptcrypt.wire.tcp import ACK
 
 TCP_HEADER_LEN = 20
 AEAD_TAG_LEN = 16
@@ -96,6 +98,11 @@ def _tcp_header(packet: bytes, l4: int, ext_seq: int, ext_ack: int) -> tuple[int
     hlen = (off_flags >> 12) << 2
     if hlen < TCP_HEADER_LEN or l4 + hlen > len(packet):
         raise ValueError(f"TCP header length {hlen} does not fit a {len(packet)}-byte packet at offset {l4}")
+    # the MAC covers the caller's 64-bit numbers, the kernel acts on the header's: they must agree, or a caller
+    # extending from stale state would verify (or seal) a segment whose header seq / ack was altered
+    seq, ack = struct.unpack_from("!II", packet, l4 + 4)
+    if ext_seq & 0xFFFFFFFF != seq or (off_flags & ACK and ext_ack & 0xFFFFFFFF != ack):
+        raise ValueError(f"extended seq/ack {ext_seq}/{ext_ack} do not end in the header's seq/ack {seq}/{ack}")
     return off_flags, window, urg, hlen
 
 

@@ -28,6 +28,8 @@ from mptcrypt.constants import SymCipher
 from mptcrypt.crypto import keyschedule as ks
 from mptcrypt.crypto import segment
 
+from pktkit import AtExt
+
 try:
     from mptcrypt.crypto import _segment
 except ImportError as exc:
@@ -50,7 +52,8 @@ def outcome(fn, *args):
 
 
 def both(suite=SymCipher.AES128, secrets=SECRETS):
-    return segment.PySegmentCipher(suite, secrets), _segment.SegmentCipher(suite, secrets)
+    """Reference and compiled; their header seq/ack follow the extended numbers each test passes (AtExt)."""
+    return AtExt(segment.PySegmentCipher(suite, secrets)), AtExt(_segment.SegmentCipher(suite, secrets))
 
 
 def ip_header(version: int, ihl_words: int, total: int) -> bytes:

@@ -20,6 +20,8 @@ from mptcrypt.crypto.vectors import SEGMENT_EXT_ACK, SEGMENT_EXT_SEQ, compute, s
 from mptcrypt.wire.checksum import ipv4_header_checksum, verify_tcp_checksum
 from mptcrypt.wire.ip import build_ip_header
 
+from pktkit import AtExt
+
 try:
     from mptcrypt.crypto import _segment
 except ImportError:
@@ -42,8 +44,9 @@ def impl(request):
 
 
 def ciphers(impl, suite=SymCipher.AES128):
+    """Sender and receiver; their header seq/ack follow the extended numbers each test passes (AtExt)."""
     a = ks.direction_secrets(SS, True)
-    return impl(suite, a), impl(suite, a)
+    return AtExt(impl(suite, a)), AtExt(impl(suite, a))
 
 
 def tcp_bytes(sport=40000, dport=5000, seq=1, ack=2, flags=0x18, window=502, urg=0, options=b"", payload=b""):
