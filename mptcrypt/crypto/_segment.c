@@ -1098,14 +1098,25 @@ PyDoc_STRVAR(ft_pull_doc, "pull(key) -> (out_ref, in_ref, in_ack_max, last_seen,
              "segments_out, segments_in, verified) | None\n\n"
              "The subflow's references and what it counted since the last pull (then zeroed); None if not installed.");
 
-static PyObject *
-FlowTable_pull(FlowTableObject *self, PyObject *key)
+/* The slot holding the entry of Python flow key `key` (*slot NULL: not installed); NULL with an error for a bad
+   key, or &absent when the table is empty */
+static FlowEntry **
+lookup(FlowTableObject *self, PyObject *key, FlowEntry **absent)
 {
     FlowKey k;
     if (key_from_tuple(key, &k) < 0)
         return NULL;
     FlowEntry **slot = find_slot(self, &k, key_hash(&k));
-    if (slot == NULL || *slot == NULL)
+    return slot ? slot : absent;
+}
+
+static PyObject *
+FlowTable_pull(FlowTableObject *self, PyObject *key)
+{
+    FlowEntry *absent = NULL, **slot = lookup(self, key, &absent);
+    if (slot == NULL)
+        return NULL;
+    if (*slot == NULL)
         Py_RETURN_NONE;
     return entry_take(*slot);
 }
@@ -1115,11 +1126,10 @@ PyDoc_STRVAR(ft_remove_doc, "remove(key) -> what pull(key) returns, and the subf
 static PyObject *
 FlowTable_remove(FlowTableObject *self, PyObject *key)
 {
-    FlowKey k;
-    if (key_from_tuple(key, &k) < 0)
+    FlowEntry *absent = NULL, **slot = lookup(self, key, &absent);
+    if (slot == NULL)
         return NULL;
-    FlowEntry **slot = find_slot(self, &k, key_hash(&k));
-    if (slot == NULL || *slot == NULL)
+    if (*slot == NULL)
         Py_RETURN_NONE;
     FlowEntry *e = *slot;
     PyObject *r = entry_take(e);

@@ -103,16 +103,13 @@ parse_packet(const unsigned char *msg, size_t len, int truncated)
     return packet_tuple(id, hook, payload, payload_len);
 }
 
-static PyObject *
-recv_batch(PyObject *module, PyObject *args)
+/* One non-blocking recvmmsg of up to `max` (1..BATCH_MAX, else BATCH_MAX) messages into `slots`: their count, or
+   -1 with errno */
+static int
+drain(int fd, int max, struct mmsghdr *msgs, struct iovec *iov)
 {
-    int fd, max;
-    if (!PyArg_ParseTuple(args, "ii", &fd, &max))
-        return NULL;
     if (max < 1 || max > BATCH_MAX)
         max = BATCH_MAX;
-    struct mmsghdr msgs[BATCH_MAX];
-    struct iovec iov[BATCH_MAX];
     memset(msgs, 0, sizeof(msgs[0]) * (size_t)max);
     for (int i = 0; i < max; i++) {
         iov[i].iov_base = slots[i];
@@ -124,6 +121,18 @@ recv_batch(PyObject *module, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     n = recvmmsg(fd, msgs, (unsigned)max, MSG_DONTWAIT, NULL);
     Py_END_ALLOW_THREADS
+    return n;
+}
+
+static PyObject *
+recv_batch(PyObject *module, PyObject *args)
+{
+    int fd, max;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &max))
+        return NULL;
+    struct mmsghdr msgs[BATCH_MAX];
+    struct iovec iov[BATCH_MAX];
+    int n = drain(fd, max, msgs, iov);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return PyList_New(0);
@@ -312,21 +321,9 @@ recv_batch_fast(PyObject *module, PyObject *args)
         }
         fast_api = api;
     }
-    if (max < 1 || max > BATCH_MAX)
-        max = BATCH_MAX;
     struct mmsghdr msgs[BATCH_MAX];
     struct iovec iov[BATCH_MAX];
-    memset(msgs, 0, sizeof(msgs[0]) * (size_t)max);
-    for (int i = 0; i < max; i++) {
-        iov[i].iov_base = slots[i];
-        iov[i].iov_len = SLOT_LEN;
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-    }
-    int n;
-    Py_BEGIN_ALLOW_THREADS
-    n = recvmmsg(fd, msgs, (unsigned)max, MSG_DONTWAIT, NULL);
-    Py_END_ALLOW_THREADS
+    int n = drain(fd, max, msgs, iov);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return Py_BuildValue("([]iii)", 0, 0, 0);
