@@ -207,10 +207,10 @@ class FastPath:
         key = sf.key
         if sf.state is State.ENCRYPTING and type(sf.tx) is self.table_cipher and type(sf.rx) is self.table_cipher \
                 and self._t.flows.get(key) is sf:
-            conn = sf.conn
-            in_ok = sf.confirmed and not (conn.mptcp and len(conn.keys) < 2 and not sf.join)  # see unprotect
+            # inbound needs the flow confirmed (unprotect confirms it). MP_CAPABLE keys still to learn need no
+            # test: learn_keys only acts on a segment with an MP_CAPABLE option, which the table declines
             self.table.install(key, sf.tx, sf.rx, sf.out_ref, sf.in_ref, sf.in_ack_max,
-                               min(sf.tx_rekey_bytes - sf.bytes_out, MAX_TX_BUDGET), sf.tx_rekey_time, in_ok,
+                               min(sf.tx_rekey_bytes - sf.bytes_out, MAX_TX_BUDGET), sf.tx_rekey_time, sf.confirmed,
                                sf.last_seen)
             self.installed[key] = sf
         elif self.installed.get(key) is sf:

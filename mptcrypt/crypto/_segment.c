@@ -791,7 +791,8 @@ typedef struct FlowEntry {
     int64_t out_ref, in_ref, in_ack_max;  /* as Subflow's (the highest extended seq sent / received, ack verified) */
     int64_t tx_limit;            /* bytes_out (below) at which a REKEY is due: from then on Python protects */
     double tx_rekey_time;        /* now at which a REKEY is due */
-    int in_ok;                   /* inbound handled here (confirmed, no MP_CAPABLE keys left to learn) */
+    int in_ok;                   /* inbound handled here: the subflow is confirmed (an MP_CAPABLE option, which
+                                    may carry keys to learn, is declined by options_known) */
     int opened;                  /* a segment verified since the last pull (Subflow.unmacked = 0) */
     double last_seen;
     int64_t bytes_out, bytes_in, segments_out, segments_in;  /* since the last pull */
