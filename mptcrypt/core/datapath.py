@@ -243,7 +243,10 @@ def _take(sf: Subflow, got) -> None:
     """What the table counted for `sf` since the last pull, into `sf` (as protect / unprotect would have)."""
     if got is None:
         return
-    sf.out_ref, sf.in_ref, sf.in_ack_max, last_seen, bytes_out, bytes_in, segments_out, segments_in, verified = got
+    out_ref, in_ref, in_ack_max, last_seen, bytes_out, bytes_in, segments_out, segments_in, verified = got
+    if not segments_out and not segments_in:
+        return  # nothing handled in C since the last pull: the Subflow is newer (Python may have changed it since)
+    sf.out_ref, sf.in_ref, sf.in_ack_max = out_ref, in_ref, in_ack_max
     if last_seen > sf.last_seen:
         sf.last_seen = last_seen
     sf.bytes_out += bytes_out
