@@ -18,7 +18,7 @@ setup(
         ),
         # batched NFQUEUE I/O (recvmmsg, verdicts in one sendmsg) for `mptcrypt daemon --queue-backend batched`
         # recv_batch_fast calls the fast path of mptcrypt.crypto._segment through its capsule (_fastpath_api.h)
-        Extension("mptcrypt.daemon._nfq", sources=["mptcrypt/daemon/_nfq.c"], depends=["mptcrypt/crypto/_fastpath_api.h"],
-                  extra_compile_args=["-O2", "-Wall"], optional=True),
+        Extension("mptcrypt.daemon._nfq", sources=["mptcrypt/daemon/_nfq.c"],
+                  depends=["mptcrypt/crypto/_fastpath_api.h"], extra_compile_args=["-O2", "-Wall"], optional=True),
     ],
 )

@@ -7,7 +7,8 @@
 Two engines are keyed in memory (X25519, AES-128), then each case handles one 1448-byte segment (or pure ACK)
 `--n` times per round (best of 5 batches, as a kernel retransmission would: same bytes, same ciphertext); the
 median of `--rounds` rounds is reported in µs per segment. This tree runs twice: as selected (the compiled fast
-path, core/datapath.FastPath, when built) and with MPTCRYPT_FAST_PATH=off (the Python engine per segment). The baseline tree runs in a subprocess with the same script
+path, core/datapath.FastPath, when built) and with MPTCRYPT_FAST_PATH=off (the Python engine per segment).
+The baseline tree runs in a subprocess with the same script
 (`git archive REV` into a temporary directory), the two processes alternate rounds so machine noise spreads.
 Prints a table and one JSON object. Not a test: nothing here asserts a speed.
 """
@@ -114,7 +115,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baseline", default="main", help="git revision or directory to compare with ('none': skip)")
     p.add_argument("--json", type=Path)
-    p.add_argument("--no-fast-off", action="store_true", help="skip the column of this tree with MPTCRYPT_FAST_PATH=off")
+    p.add_argument("--no-fast-off", action="store_true",
+                   help="skip the column of this tree with MPTCRYPT_FAST_PATH=off")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

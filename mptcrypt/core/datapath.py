@@ -17,8 +17,8 @@ from mptcrypt.core import mptcp
 from mptcrypt.core.events import DROP, Result, Verdict
 from mptcrypt.core.session import Subflow
 from mptcrypt.core.state import State
-from mptcrypt.crypto import segment
 from mptcrypt.core.table import Table
+from mptcrypt.crypto import segment
 from mptcrypt.errors import DecodeError
 from mptcrypt.wire import rewrite
 from mptcrypt.wire.mptcp import Subtype

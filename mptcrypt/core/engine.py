@@ -177,6 +177,8 @@ class Engine:
             res = datapath.protect(t, sf, parse_segment(rst_to_peer(sf.key, seq, ack)), 0.0)
             if res.packet is not None:
                 out.append(res.packet)
+            if self.fast is not None:
+                self.fast.sync(sf)
         return out
 
     def export_state(self) -> dict:

@@ -272,9 +272,10 @@ class Daemon:
             worker, backend = make_queue_worker(self.queue_backend, self.clamp, config.queue_num, raw.send)
             self.worker = worker
             log.info("queue backend: %s", backend)
-            fast_where = "in the queue's C drain" if getattr(worker, "backend", "") == "batched" else "inside the engine's handle"
+            where = "in the queue's C drain" if getattr(worker, "backend", "") == "batched" else "in Engine.handle"
+            on = getattr(self.engine, "fast", None) is not None
             log.info("fast path: %s%s", segment.FAST_PATH_REASON,
-                     f" ({fast_where}; MPTCRYPT_FAST_PATH=off turns it off)" if getattr(self.engine, "fast", None) else "")
+                     f" ({where}; MPTCRYPT_FAST_PATH=off turns it off)" if on else "")
             worker.on_events = lambda events: control.publish([event_record(e) for e in events])
             worker.bind()
             required = config.policy is Policy.REQUIRED or any(r.policy is Policy.REQUIRED for r in config.rules)
