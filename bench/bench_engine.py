@@ -9,7 +9,9 @@ Two engines are keyed in memory (X25519, AES-128), then each case handles one 14
 median of `--rounds` rounds is reported in µs per segment. This tree runs twice: as selected (the compiled fast
 path, core/datapath.FastPath, when built) and with MPTCRYPT_FAST_PATH=off (the Python engine per segment).
 The baseline tree runs in a subprocess with the same script
-(`git archive REV` into a temporary directory), the two processes alternate rounds so machine noise spreads.
+(`git archive REV` into a temporary directory), the two processes alternate rounds so machine noise spreads. An
+archived tree has no built extension, so it runs the Python segment path: give a built tree's directory as
+--baseline to compare compiled with compiled.
 Prints a table and one JSON object. Not a test: nothing here asserts a speed.
 """
 
