@@ -143,14 +143,14 @@ def queue_packets(net, host) -> int:
 
 
 def paths_used(daemons) -> str:
-    """'queue backend: ...; segment path: ...' as the daemons logged them at start."""
+    """'fast path: on|off; queue backend: ...; segment path: ...' as the daemons logged them at start."""
     from mptcrypt.topo.daemons import daemon_log
     found = set()
     for d in daemons:
         for line in daemon_log(d).splitlines():
-            for key in ("queue backend: ", "segment path: "):
+            for key in ("queue backend: ", "segment path: ", "fast path: "):
                 if key in line:
-                    found.add(key + line.split(key, 1)[1].split(" (")[0])
+                    found.add(key + line.split(key, 1)[1].split(" (")[0].split(":")[0])
     return "; ".join(sorted(found))
 
 
