@@ -292,3 +292,17 @@ def test_the_drain_seals_in_c_until_the_first_packet_it_leaves_to_python():
     assert server.stats()["segments_verified"] == before + 1
     assert server.handle(second, False, 5.0).packet is not None
     assert server.stats()["segments_verified"] == before + 2
+
+
+def test_the_icmp_clamp_hides_the_fast_path_while_a_lowered_mtu_needs_its_look():
+    """TooBigClamp.handle resends outbound segments longer than a path MTU it lowered: the queue's C drain must
+    not seal those past it."""
+    from mptcrypt.core.engine import Engine
+    from mptcrypt.daemon.icmp_edge import TooBigClamp
+
+    engine = Engine(fast_path=True)
+    clamp = TooBigClamp(engine)
+    assert clamp.fast is engine.fast
+    clamp._reported[bytes((10, 0, 1, 1))] = 1400
+    assert clamp.fast is None
+    assert TooBigClamp(engine, resend=False).fast is engine.fast
