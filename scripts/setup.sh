@@ -62,7 +62,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 if ! .venv/bin/python -c "import mptcrypt, netfilterqueue, pyroute2, cryptography, pytest, hypothesis, scapy, rich, matplotlib" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.mptcrypt-installed ]; then
+   || [ pyproject.toml -nt .venv/.mptcrypt-installed ] || [ setup.py -nt .venv/.mptcrypt-installed ] \
+   || [ -n "$(find mptcrypt -name '*.[ch]' -newer .venv/.mptcrypt-installed 2>/dev/null | head -1)" ]; then
+  # a changed C source (after a pull) rebuilds the extensions: an editable install keeps the old .so otherwise
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   touch .venv/.mptcrypt-installed
 fi
