@@ -79,7 +79,8 @@ def register(sub) -> None:
     p.add_argument("--check-config", metavar="FILE.toml",
                    help="check FILE (with the other options applied) and print what it sets, without starting; "
                    f"exit 0 if good, {ConfigError.exit_code} if not")
-    p.add_argument("--queue-num", type=int, metavar="N", help="NFQUEUE number (default 4242)")
+    p.add_argument("--queue-num", type=int, metavar="N", help="NFQUEUE number of the segments (default 4242); SYNs and SYN-ACKs use N+1 (the SYN "
+                   "lane, drained after the segments: a SYN flood cannot stall established connections)")
     p.add_argument(
         "--fail-open",
         action="store_true",

@@ -44,7 +44,7 @@ SECONDS = {"init_rto": 0.001, "idle_timeout": 0.0, "closed_linger": 0.0, "key_li
            "session_lifetime": 0.0, "rekey_interval": 0.001}
 FLAGS = ("fail_open", "resume", "refuse_downgrade")
 OPTION_NAMES = {"resume": "--no-resume"}  # settings whose command-line option is not --KEY
-MAX_QUEUE_NUM = 65534  # NFQUEUE numbers are 16 bits; 65535 is taken by --queue-balance ranges
+MAX_QUEUE_NUM = 65533  # NFQUEUE numbers are 16 bits: queue_num and the SYN lane queue_num + 1 (daemon/lanes.py)
 
 
 @dataclass

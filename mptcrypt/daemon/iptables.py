@@ -6,7 +6,15 @@ one). Two chains in the `filter` table, each jumped to from position 1 of its ho
     OUTPUT -> MPTC-OUT                       INPUT -> MPTC-IN
       -m mark --mark INJECT_MARK -j RETURN     -m mark --mark INJECT_MARK -j RETURN
       -o lo -j RETURN                          -i lo -j RETURN
+      -p tcp --tcp-flags SYN SYN [ports] -j NFQUEUE --queue-num N+1 [--queue-bypass]   (both chains)
       -p tcp [-m multiport --ports P] -j NFQUEUE --queue-num N [--queue-bypass]
+
+* Two lanes: SYNs and SYN-ACKs go to queue N+1 (`syn_lane_queue`), every other segment to queue N. The daemon
+  drains queue N first and takes only a short slice of N+1 per wakeup (daemon/lanes.py), so a flood of spoofed
+  SYNs fills and overflows the SYN lane (the kernel drops them there) instead of the queue that carries the
+  established connections' segments (issue 12 item 6: one shared queue let a 20k SYN/s flood stall a transfer).
+  Order within a connection is unaffected: a TCP endpoint sends no other segment of a subflow before its SYN or
+  SYN-ACK has been answered, and the daemon's verdict on it comes first.
 
 * The mark rule lets segments the daemon made itself (raw socket with SO_MARK = INJECT_MARK) pass without being
   queued to it a second time.
@@ -95,19 +103,32 @@ def multiport_specs(ports: tuple[tuple[int, int], ...]) -> list[str]:
     return specs
 
 
+def syn_lane_queue(queue_num: int) -> int:
+    """The queue of SYNs and SYN-ACKs (the SYN lane) next to the segments' queue `queue_num`."""
+    return queue_num + 1
+
+
+def _target(queue_num: int, fail_open: bool) -> str:
+    return f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
+
+
+def _tcp_matches(ports: tuple[tuple[int, int], ...], syn: bool = False) -> list[str]:
+    """One match per multiport spec (every port: one match); `syn`: only segments with SYN set (SYN, SYN-ACK)."""
+    proto = "-p tcp --tcp-flags SYN SYN" if syn else "-p tcp"
+    return [f"{proto} -m multiport --ports {spec}" for spec in multiport_specs(ports)] or [proto]
+
+
 def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
                family: Family = IPV4) -> list[str]:
     """The `-A`/`-I` lines (iptables-restore syntax) of the daemon's chains and their jumps, in order."""
-    target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
-    specs = multiport_specs(ports)
+    target, syn_target = _target(queue_num, fail_open), _target(syn_lane_queue(queue_num), fail_open)
+    tcp, syns = _tcp_matches(ports), _tcp_matches(ports, syn=True)
     lines: list[str] = []
     for _hook, chain, lo_flag in HOOKS:
         lines.append(f"-A {chain} -m mark --mark {INJECT_MARK:#x} -j RETURN")
         lines.append(f"-A {chain} {lo_flag} lo -j RETURN")
-        if specs:
-            lines.extend(f"-A {chain} -p tcp -m multiport --ports {spec} {target}" for spec in specs)
-        else:
-            lines.append(f"-A {chain} -p tcp {target}")
+        lines.extend(f"-A {chain} {match} {syn_target}" for match in syns)
+        lines.extend(f"-A {chain} {match} {target}" for match in tcp)
         if chain == CHAIN_IN:
             lines.append(f"-A {chain} {family.too_big} {target}")
     lines.extend(f"-I {hook} 1 -j {chain}" for hook, chain, _ in HOOKS)
@@ -117,19 +138,21 @@ def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_ope
 def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple[int, int], ...] = (),
                        fail_open: bool = False, family: Family = IPV4) -> list[str]:
     """The mangle-table lines of gateway mode for the LANs of `family` (see the module docstring)."""
-    target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
+    target, syn_target = _target(queue_num, fail_open), _target(syn_lane_queue(queue_num), fail_open)
     version = 4 if family is IPV4 else 6
     mine = [str(ipaddress.ip_network(lan, strict=False)) for lan in lans
             if ipaddress.ip_network(lan, strict=False).version == version]
-    tcp = [f"-p tcp -m multiport --ports {spec}" for spec in multiport_specs(ports)] or ["-p tcp"]
+    tcp, syns = _tcp_matches(ports), _tcp_matches(ports, syn=True)
     out, into = CHAIN_GW_OUT, CHAIN_GW_IN
     lines = [f"-A {out} -d {lan} -j RETURN" for lan in mine]
     lines.append(f"-A {out} -m addrtype --dst-type LOCAL -j RETURN")
+    lines += [f"-A {out} -s {lan} {match} {syn_target}" for lan in mine for match in syns]
     lines += [f"-A {out} -s {lan} {match} {target}" for lan in mine for match in tcp]
     lines.append(f"-A {into} -m mark --mark {INJECT_MARK:#x} -j RETURN")
     lines += [f"-A {into} -d {lan} {family.too_big} {target}" for lan in mine]
     lines.append(f"-A {into} -m addrtype --src-type LOCAL -j RETURN")
     lines += [f"-A {into} -s {lan} -j RETURN" for lan in mine]
+    lines += [f"-A {into} -d {lan} {match} {syn_target}" for lan in mine for match in syns]
     lines += [f"-A {into} -d {lan} {match} {target}" for lan in mine for match in tcp]
     lines += [f"-I {hook} 1 -j {chain}" for hook, chain, _ in GW_HOOKS]
     return lines

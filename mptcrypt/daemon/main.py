@@ -38,12 +38,12 @@ from mptcrypt.core.state import LIVE as HANDSHAKE_STATES
 from mptcrypt.daemon.config import DaemonConfig, describe, format_ports
 from mptcrypt.daemon.control import ControlServer, Deferred
 from mptcrypt.daemon.icmp_edge import TooBigClamp
-from mptcrypt.daemon.iptables import Rules
+from mptcrypt.daemon.iptables import Rules, syn_lane_queue
 from mptcrypt.daemon.keylog import KeyLog
 from mptcrypt.daemon.metrics import MetricsServer, exposition
 from mptcrypt.daemon.monitor import event_record
 from mptcrypt.daemon.notify import Notifier
-from mptcrypt.daemon.nfqueue import QueueWorker
+from mptcrypt.daemon.lanes import Lanes
 from mptcrypt.daemon.queue_batched import DEFAULT_QUEUE_BACKEND, make_queue_worker
 from mptcrypt.daemon.rawsock import RawSocket
 from mptcrypt.errors import AlreadyRunningError, ConfigError, MptcryptError, NotRootError
@@ -128,7 +128,7 @@ class Daemon:
         self.stop_reason: str | None = None
         self.reload_pending = False
         self.reloads = 0  # configurations applied by reload(), for `mptcrypt status`
-        self.worker: QueueWorker | None = None
+        self.worker: Lanes | None = None
         self.notifier = Notifier.from_env()  # systemd Type=notify; a no-op outside systemd
         self.metrics_address = metrics  # --metrics ADDRESS:PORT: Prometheus scrape endpoint
         self.keylog_path = keylog  # --keylog FILE / MPTCRYPT_KEYLOGFILE: subflow traffic keys (daemon/keylog.py)
@@ -270,6 +270,8 @@ class Daemon:
             # MTU, not the learned one, so a gateway need not resend anything through the raw socket
             self.clamp = TooBigClamp(self.engine, resend=not self.gateway_lans)
             worker, backend = make_queue_worker(self.queue_backend, self.clamp, config.queue_num, raw.send)
+            syn_lane, _ = make_queue_worker(self.queue_backend, self.clamp, syn_lane_queue(config.queue_num), raw.send)
+            worker = Lanes(worker, syn_lane)  # SYNs on their own queue: a SYN flood cannot stall established flows
             self.worker = worker
             log.info("queue backend: %s", backend)
             where = "in the queue's C drain" if getattr(worker, "backend", "") == "batched" else "in Engine.handle"
@@ -284,12 +286,14 @@ class Daemon:
             control.attach(selector)
             if metrics is not None:
                 metrics.attach(selector)
-            selector.register(worker.fileno(), selectors.EVENT_READ, lambda _mask: worker.read())
+            for fd in worker.filenos():  # either lane's wake-up reads both, the segments first
+                selector.register(fd, selectors.EVENT_READ, lambda _mask: worker.read())
             selector.register(wake_r, selectors.EVENT_READ, lambda _mask: _drain(wake_r))
             log.info(
-                "%s (queue %d, ports %s, policy %s, %s%s)",
+                "%s (queue %d, SYN lane %d, ports %s, policy %s, %s%s)",
                 READY_MARKER,
                 config.queue_num,
+                syn_lane_queue(config.queue_num),
                 format_ports(config.ports),
                 config.policy.value,
                 "fail-open" if config.fail_open else "fail-closed",
@@ -321,7 +325,7 @@ class Daemon:
         else:
             self.stop_reason = signal.Signals(signum).name
 
-    def _loop(self, selector: selectors.BaseSelector, worker: QueueWorker, control: ControlServer) -> None:
+    def _loop(self, selector: selectors.BaseSelector, worker: Lanes, control: ControlServer) -> None:
         next_control_tick = time.monotonic() + CONTROL_TICK
         next_stats = time.monotonic() + VERBOSE_STATS_EVERY
         last_counters: dict = {}

@@ -109,6 +109,7 @@ class QueueWorker:
         self._slice_end = float("inf")  # outside read(), on_packet never ends a slice
         self._seen: set[str] = set()  # kinds of trouble already logged once
         self._nfq = None
+        self.max_len = MAX_QUEUE_LEN  # packets the kernel may hold in this queue (the SYN lane holds fewer)
         # events -> log: token bucket
         self._event_rate = event_rate
         self._event_burst = event_burst
@@ -130,7 +131,7 @@ class QueueWorker:
                 "and the daemon needs root"
             ) from None
         try:
-            nfq.bind(self.queue_num, self.on_packet, max_len=MAX_QUEUE_LEN, sock_len=SOCK_LEN)
+            nfq.bind(self.queue_num, self.on_packet, max_len=self.max_len, sock_len=SOCK_LEN)
         except OSError:
             raise MptcryptError(
                 f"cannot bind NFQUEUE {self.queue_num}: another process holds it (choose another --queue-num) or "

@@ -107,7 +107,7 @@ class BatchedQueueWorker(QueueWorker):
             self._sock = sock
             self._config(_attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
             self._config(_attr(NFQA_CFG_PARAMS, struct.pack("!IB", COPY_RANGE, NFQNL_COPY_PACKET)),
-                         _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", MAX_QUEUE_LEN)))
+                         _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", self.max_len)))
             self._config(_attr(NFQA_CFG_FLAGS, struct.pack("!I", 0)),  # never fail open on a full queue (above)
                          _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)))
         except OSError as exc:

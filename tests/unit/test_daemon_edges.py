@@ -167,9 +167,11 @@ def test_rules_all_ports_fail_closed():
     assert lines == [
         "-A MPTC-OUT -m mark --mark 0x4d50 -j RETURN",
         "-A MPTC-OUT -o lo -j RETURN",
+        "-A MPTC-OUT -p tcp --tcp-flags SYN SYN -j NFQUEUE --queue-num 4243",
         "-A MPTC-OUT -p tcp -j NFQUEUE --queue-num 4242",
         "-A MPTC-IN -m mark --mark 0x4d50 -j RETURN",
         "-A MPTC-IN -i lo -j RETURN",
+        "-A MPTC-IN -p tcp --tcp-flags SYN SYN -j NFQUEUE --queue-num 4243",
         "-A MPTC-IN -p tcp -j NFQUEUE --queue-num 4242",
         "-A MPTC-IN -p icmp --icmp-type fragmentation-needed -j NFQUEUE --queue-num 4242",
         "-I OUTPUT 1 -j MPTC-OUT",
@@ -182,7 +184,11 @@ def test_rules_ports_and_fail_open():
     lines = iptables.rule_lines(7, ((22, 22), (5000, 5100)), fail_open=True)
     queued = [line for line in lines if "NFQUEUE" in line]
     assert queued == [
+        "-A MPTC-OUT -p tcp --tcp-flags SYN SYN -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 8 "
+        "--queue-bypass",
         "-A MPTC-OUT -p tcp -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 7 --queue-bypass",
+        "-A MPTC-IN -p tcp --tcp-flags SYN SYN -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 8 "
+        "--queue-bypass",
         "-A MPTC-IN -p tcp -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 7 --queue-bypass",
         "-A MPTC-IN -p icmp --icmp-type fragmentation-needed -j NFQUEUE --queue-num 7 --queue-bypass",
     ]
@@ -204,6 +210,10 @@ def test_gateway_rules_queue_forwarded_lan_traffic_by_family():
     v4 = iptables.gateway_rule_lines(5, lans, ((80, 80),))
     assert "-A MPTC-GW-OUT -s 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5" in v4
     assert "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5" in v4
+    syn_lane = "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp --tcp-flags SYN SYN -m multiport --ports 80 -j NFQUEUE " \
+               "--queue-num 6"  # the SYN lane, before the segments' rule
+    assert v4.index(syn_lane) + 1 == v4.index(
+        "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5")
     assert v4.index("-A MPTC-GW-OUT -d 192.168.10.0/24 -j RETURN") < v4.index(
         "-A MPTC-GW-OUT -s 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5")  # LAN to LAN
     assert v4[-2:] == ["-I PREROUTING 1 -j MPTC-GW-OUT", "-I POSTROUTING 1 -j MPTC-GW-IN"]
@@ -636,7 +646,7 @@ def test_cli_config_file_and_override(monkeypatch, tmp_path):
     [
         (["daemon", "--ports", "80,99999"], 2, "mptcrypt: error: --ports: bad port range '99999'"),
         (["daemon", "--config", "/nonexistent/m.toml"], 2, "config file /nonexistent/m.toml not found"),
-        (["daemon", "--queue-num", "70000"], 2, "--queue-num: queue_num must be between 0 and 65534"),
+        (["daemon", "--queue-num", "70000"], 2, "--queue-num: queue_num must be between 0 and 65533"),
         (["daemon", "--gateway"], 2, "--gateway needs the networks behind this router"),
         (["daemon", "--lan", "10.0.0.0/8"], 2, "--lan only makes sense with --gateway"),
         (["daemon", "--gateway", "--lan", "10.0.0.300/8"], 2, "--lan '10.0.0.300/8'"),
