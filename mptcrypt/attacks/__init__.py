@@ -32,6 +32,7 @@ ATTACKS = {
     "syn-replay": "mptcrypt.attacks.syn_replay",
     "token-poison": "mptcrypt.attacks.token_poison",
     "daemon-restart": "mptcrypt.attacks.daemon_restart",
+    "blind-init": "mptcrypt.attacks.blind_init",
 }
 
 
