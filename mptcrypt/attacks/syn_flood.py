@@ -11,7 +11,9 @@ socket takes them: 80% SYN+HELLO (MP_CAPABLE, what an mptcrypt client sends) fro
 random NEXTK1 proof inside the index window (each costs the daemon one HMAC). The server routes 10.99.0.0/16 to the
 attacker for the cell, so its SYN-ACKs go there (the attacker's kernel drops them; its RSTs are dropped too).
 
-The victim is a bulk upload (`bulk.BulkTransfer`, 4 s); the same upload without the flood runs first. Then a new
+Two variants for mptcrypt: `fast` (as fast as the socket sends: most SYNs overflow the daemon's queue) and `paced`
+(PACED_RATE: every SYN reaches the daemon, whose flow table it fills). The victim is a bulk upload
+(`bulk.BulkTransfer`, 4 s; 7 s paced); the same upload without the flood runs first. Then a new
 paced connection (the probe) checks that the daemon still protects new connections after the flood. Against plain
 MPTCP it is the kernel alone (syncookies).
 
@@ -37,9 +39,21 @@ PLAIN_EXPECTED = BLOCKED  # the kernel alone keeps the transfer going (syncookie
 SYNS = 100_000
 JOIN_SHARE = 0.2
 ATTACK_AFTER = 0.5  # seconds after the victim's SYN: the bulk upload is under way
-BULK_SECONDS = 4.0
+FAST, PACED = "fast", "paced"
+PACED_RATE = 20_000  # SYNs a second: about what the server daemon takes in, so every SYN reaches its table
+BULK_SECONDS = {FAST: 4.0, PACED: 7.0}  # the paced flood lasts 5 s
 AFTER_FLOOD = 1.0  # the flood's window lasts this long after its last SYN (the queue drains)
 MIN_RATIO = 0.5
+
+
+def variants(target: str) -> list[str | None]:
+    """`fast`: as fast as the attacker's socket sends (~250k/s here); `paced`: PACED_RATE, so the daemon's table,
+    not its queue, is what the flood fills. Plain: the fast flood against the kernel alone."""
+    return [FAST, PACED] if target == "mptcrypt" else [None]
+
+
+def _seconds(variant: str | None) -> float:
+    return BULK_SECONDS[variant or FAST]
 
 
 def prepare(ctx) -> None:
@@ -47,12 +61,12 @@ def prepare(ctx) -> None:
     route = ["ip", "route", "add", str(SPOOF_NET), "via", ATTACKER_IP]
     server.run(route)
     ctx.cleanups.append(lambda: server.run(["ip", "route", "del", str(SPOOF_NET), "via", ATTACKER_IP]))
-    base = BulkTransfer(ctx.net, ctx.port + 1000, BULK_SECONDS).run()
+    base = BulkTransfer(ctx.net, ctx.port + 1000, _seconds(ctx.variant)).run()
     ctx.extra["baseline"] = {"mbit_s": base["mbit_s"], "intact": base["intact"], "bytes": base["upload"]["bytes_received"]}
 
 
 def make_transfer(ctx) -> BulkTransfer:
-    return BulkTransfer(ctx.net, ctx.port, BULK_SECONDS)
+    return BulkTransfer(ctx.net, ctx.port, _seconds(ctx.variant))
 
 
 def finish(ctx) -> None:
@@ -62,12 +76,18 @@ def finish(ctx) -> None:
 
     probe_port = ctx.port + 2000
     probe = Transfer(ctx.net, probe_port, duration=1.0, idle_timeout=3.0)
+    started = time.time()
     probe.listen()
     probe.start()
-    time.sleep(0.6)
+    deadline = time.monotonic() + 5
+    while probe.connected_at is None and time.monotonic() < deadline and any(t.is_alive() for t in probe.threads):
+        time.sleep(0.05)
+    connect_s = round(probe.connected_at - started, 2) if probe.connected_at else None
+    time.sleep(0.4)  # both daemons have keyed the connection by now (a handshake takes ~10 ms)
     rows = _conn_rows(ctx.daemons.sessions(), probe_port) if ctx.daemons and ctx.daemons.procs else {}
     res = probe.result(timeout=10)
     ctx.extra["probe"] = {"intact": res["intact"], "died": res["connection_died"], "connect_error": res["connect_error"],
+                          "connect_s": connect_s, "rows": {h: len(r) for h, r in rows.items()},
                           "protected": {h: bool(r) and all(x.get("protected") for x in r) for h, r in rows.items()}}
     if ctx.daemons and ctx.daemons.procs:
         s = ctx.daemons.stats().get("server", {})
@@ -95,7 +115,7 @@ def attack(agent) -> dict:
     head = ETH.pack(v.macs[v.server], agent.tap.mac, ETH_P_IP)
     frames = [head + p for p in packets]
     t0 = time.time()
-    sent = blast(agent.tap, frames)
+    sent = blast(agent.tap, frames, rate=PACED_RATE if agent.args.mode == PACED else None)
     t1 = time.time()
     agent.actions.append({"t": round(t0, 4), "what": f"{sent['sent']} spoofed SYNs ({len(joins)} MP_JOIN) from "
                           f"{SPOOF_NET}", **sent})
