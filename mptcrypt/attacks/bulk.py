@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-from mptcrypt.attacks.transfer import stream
+from mptcrypt.attacks.transfer import mptcp_listener, stream
 
 BLOCK = stream(b"UP", 128)  # 64 KiB of records per write
 PROGRESS_EVERY = 0.05  # seconds between two progress points
@@ -38,13 +38,8 @@ class BulkTransfer:
         self._socks: list[socket.socket] = []
 
     def listen(self) -> None:
-        ls = self.server_node.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("0.0.0.0", self.port))
-        ls.listen(4)
-        ls.settimeout(self.idle_timeout + 4)
-        self.listener = ls
-        self._socks.append(ls)
+        self.listener = mptcp_listener(self.server_node, self.port, self.idle_timeout + 4)
+        self._socks.append(self.listener)
 
     def start(self) -> None:
         if self.listener is None:
