@@ -200,12 +200,13 @@ class Daemons:
         self.procs.clear()
         self.policy = None
 
-    def restart(self, host: str) -> None:
-        """Stop `host`'s daemon (SIGTERM: a clean stop) and start a new one with the same policy."""
+    def restart(self, host: str, *extra: str) -> None:
+        """Stop `host`'s daemon (SIGTERM: a clean stop) and start a new one with the same policy (and `extra`
+        daemon options, e.g. a --config for one cell)."""
         from mptcrypt.topo.daemons import spawn_in_netns, stop
 
         stop(self.procs[host], remove_log=True)
-        self.procs[host] = spawn_in_netns(self.net[host].ns, "--policy", self.policy)
+        self.procs[host] = spawn_in_netns(self.net[host].ns, "--policy", self.policy, *extra)
         self.log(f"  {host} daemon restarted (policy {self.policy})")
 
     def takeover(self, host: str) -> None:

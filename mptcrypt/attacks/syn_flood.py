@@ -12,7 +12,8 @@ random NEXTK1 proof inside the index window (each costs the daemon one HMAC). Th
 attacker for the cell, so its SYN-ACKs go there (the attacker's kernel drops them; its RSTs are dropped too).
 
 Two variants for mptcrypt: `fast` (as fast as the socket sends: most SYNs overflow the daemon's queue) and `paced`
-(PACED_RATE: every SYN reaches the daemon, whose flow table it fills). The victim is a bulk upload
+(PACED_RATE, the server daemon's table cut to SMALL_TABLE flows: the SYNs reach the daemon and fill its table,
+then the probe needs a flow). The victim is a bulk upload
 (`bulk.BulkTransfer`, 4 s; 7 s paced); the same upload without the flood runs first. Then a new
 paced connection (the probe) checks that the daemon still protects new connections after the flood. Against plain
 MPTCP it is the kernel alone (syncookies).
@@ -23,7 +24,9 @@ without it (< 0.5 is EFFECTIVE), the transfer's sha256, the probe protected, the
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 import time
 
 from mptcrypt.attacks.bulk import BulkTransfer
@@ -42,6 +45,7 @@ ATTACK_AFTER = 0.5  # seconds after the victim's SYN: the bulk upload is under w
 FAST, PACED = "fast", "paced"
 PACED_RATE = 20_000  # SYNs a second: about what the server daemon takes in, so every SYN reaches its table
 BULK_SECONDS = {FAST: 4.0, PACED: 7.0}  # the paced flood lasts 5 s
+SMALL_TABLE = 16384  # the server daemon's flow table for the paced flood (default 65536): 80k SYN+HELLO fill it
 AFTER_FLOOD = 1.0  # the flood's window lasts this long after its last SYN (the queue drains)
 MIN_RATIO = 0.5
 
@@ -61,8 +65,25 @@ def prepare(ctx) -> None:
     route = ["ip", "route", "add", str(SPOOF_NET), "via", ATTACKER_IP]
     server.run(route)
     ctx.cleanups.append(lambda: server.run(["ip", "route", "del", str(SPOOF_NET), "via", ATTACKER_IP]))
+    if ctx.variant == PACED and ctx.daemons is not None and ctx.daemons.procs:
+        _small_table(ctx)
     base = BulkTransfer(ctx.net, ctx.port + 1000, _seconds(ctx.variant)).run()
     ctx.extra["baseline"] = {"mbit_s": base["mbit_s"], "intact": base["intact"], "bytes": base["upload"]["bytes_received"]}
+
+
+def _small_table(ctx) -> None:
+    """The server daemon with a SMALL_TABLE-flow table for the cell (the paced flood fills it: what happens to the
+    next connection?); the usual one again afterwards."""
+    fd, path = tempfile.mkstemp(prefix="mptc-attack-table-", suffix=".toml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"max_connections = {SMALL_TABLE}\n")
+    ctx.daemons.restart("server", "--config", path)
+
+    def back() -> None:
+        os.unlink(path)
+        ctx.daemons.restart("server")
+
+    ctx.cleanups.append(back)
 
 
 def make_transfer(ctx) -> BulkTransfer:
@@ -87,7 +108,9 @@ def finish(ctx) -> None:
     rows = _conn_rows(ctx.daemons.sessions(), probe_port) if ctx.daemons and ctx.daemons.procs else {}
     res = probe.result(timeout=10)
     ctx.extra["probe"] = {"intact": res["intact"], "died": res["connection_died"], "connect_error": res["connect_error"],
-                          "connect_s": connect_s, "rows": {h: len(r) for h, r in rows.items()},
+                          "connect_s": connect_s,
+                          "rows": {h: [(x.get("remote"), x.get("state"), x.get("reason")) for x in r]
+                                   for h, r in rows.items()},
                           "protected": {h: bool(r) and all(x.get("protected") for x in r) for h, r in rows.items()}}
     if ctx.daemons and ctx.daemons.procs:
         s = ctx.daemons.stats().get("server", {})
@@ -154,6 +177,8 @@ def judge(ev: Evidence) -> Verdict:
         return Verdict(EFFECTIVE, f"{sent} SYNs: a new connection after the flood was not protected ({probe}); "
                        + rates, evidence)
     table = ev.extra.get("server_table") or {}
+    if ev.variant == PACED and not evidence["half_open_evicted"]:
+        return Verdict(ERROR, f"the paced flood did not fill the table (server {table})", evidence)
     tail = f"; table {table.get('flows')} flows, {evidence['half_open_evicted']} evicted" if table else ""
     return Verdict(BLOCKED, f"{sent} SYNs: {rates}; transfer intact" + (", new connection protected" if
                    ev.target == "mptcrypt" else "") + tail, evidence)
