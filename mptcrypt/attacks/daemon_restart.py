@@ -26,8 +26,8 @@ from mptcrypt.attacks.judging import base_evidence, mounted
 from mptcrypt.attacks.runner import BLOCKED, EFFECTIVE, ERROR, Evidence, Verdict
 
 NUMBER = 11
-TITLE = "server daemon restarted mid-transfer (policy required)"
-SOURCE = "issue 12 item 3 (forgotten flows: restart, shutdown)"
+TITLE = "server daemon restarted mid-transfer (policy required): [stop-start], [graceful] --takeover (row 18)"
+SOURCE = "issue 12 item 3 (forgotten flows: restart, shutdown; restarts keep connections)"
 RESTART_AFTER = 1.5  # seconds after the cell starts: the transfer is running
 STOP_START, GRACEFUL = "stop-start", "graceful"
 VARIANT_NUMBERS = {GRACEFUL: 18}  # the graceful restart is its own row of the matrix
