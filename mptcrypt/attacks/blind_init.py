@@ -1,12 +1,12 @@
 """Attack 15 (mptcrypt-specific), blind INIT injection: kill a new connection's handshake knowing only its 4-tuple.
 
 Issue 12 item 7. INIT1 (client -> server) and INIT2 (server -> client) are the only mptcrypt messages without a MAC:
-no keys exist yet. The attacker sees the SYN of a NEW connection on path 1 (so it knows the 4-tuple) and sends a burst of forged INIT1s to the server and INIT2s to the client with its own key material
-at guessed sequence and acknowledgement numbers (blind: it does not use the ones it could sniff), from the SYN on
-for ~30 ms. A daemon that
+no keys exist yet. The attacker sees the SYN of a NEW connection on path 1 (so it knows the 4-tuple) and sends a
+burst of forged INIT1s to the server and INIT2s to the client with its own key material at guessed sequence and
+acknowledgement numbers (blind: it does not use the ones it could sniff), from the SYN on for ~30 ms. A daemon that
 takes an INIT at any seq/ack keys the subflow with the attacker's K_C (server) or server part (client) before the
-real one arrives: both sides end up with different secrets, every segment fails its MAC and the handshake dies.
-Now an INIT is accepted only with seq/ack right after both SYNs (`init_out_of_sequence` counts the others).
+real one arrives: both sides end up with different secrets, every segment fails its MAC and the handshake dies. Now
+an INIT is accepted only with seq/ack right after both SYNs (`init_out_of_sequence` counts the others).
 Plain MPTCP has no handshake to attack: n/a.
 
 Effect measured: the connection failed or was reset, bytes changed, or it ended unprotected (no MAC on path 1,

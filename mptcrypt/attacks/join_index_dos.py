@@ -3,10 +3,11 @@
 Issue 12 item 6. A join's NEXTK1 names the index i of the key ss[i] its proof comes from; ss[i] is i HMACs forward
 of ss[0]. The attacker knows the victim's token (sniffed keys) but not the session secret: it sends many join SYNs
 for that token with random proofs at index 0xFFFF and a spread of other far-ahead indexes. A daemon that computes
-ss[i] before it checks the index does up to 65,535 HMACs (and keeps them) per SYN: a few cheap packets keep it
-busy and its real connections starve. (The chain it computed is kept, so it is the first SYN at 0xFFFF of
-each session that costs ~0.33 s, later ones less: over SYNS = 500 the average is what the judge bounds.) Now the index must lie in a window past the peer's highest
-(`Session.in_join_window`), checked before any key work, and the SYN is refused (`joins_refused`).
+ss[i] before it checks the index does up to 65,535 HMACs (and keeps them) per SYN: a few cheap packets keep it busy
+and its real connections starve. (The chain it computed is kept, so it is the first SYN at 0xFFFF of each session
+that costs ~0.33 s, later ones less: over SYNS = 500 the average is what the judge bounds.) Now the index must lie
+in a window past the peer's highest (`Session.in_join_window`), checked before any key work, and the SYN is refused
+(`joins_refused`).
 Plain MPTCP has no key chain: n/a (its join with a wrong HMAC costs the kernel one HMAC).
 
 Effect measured: the server daemon's CPU time per join SYN it refused (from /proc/PID/stat, sampled by the

@@ -6,8 +6,9 @@ another policy, e.g. the downgrade's `required` variant). Per cell (attack x tar
 
 1. the attack module's `prepare(ctx)` (optional: e.g. the downgrade's middlebox in the hub's namespace);
 2. the attacker agent starts in `mptc-attacker` (`python -m mptcrypt.attacks.agent NAME --port P`) and opens its tap;
-3. the transfer starts (fresh port per cell; the module's `make_transfer(ctx)` if it has one); while it runs, the runner samples the MPTCP subflows of both ends
-   (`ss -tni`: per-subflow byte counters) and, for mptcrypt, the daemons' `sessions` once the connection is up;
+3. the transfer starts (fresh port per cell; the module's `make_transfer(ctx)` if it has one); while it runs, the
+   runner samples the MPTCP subflows of both ends (`ss -tni`: per-subflow byte counters) and, for mptcrypt, the
+   daemons' `sessions` once the connection is up;
 4. afterwards: the transfer's result (sha256, bytes, how it ended), the agent's report (what it learned, sent,
    received), the daemons' counter deltas (`stats`), the kernels' MPTcpExt counter deltas;
 5. the module's `judge(ev)` turns that evidence into an outcome.

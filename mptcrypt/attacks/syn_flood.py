@@ -68,7 +68,8 @@ def prepare(ctx) -> None:
     if ctx.variant == PACED and ctx.daemons is not None and ctx.daemons.procs:
         _small_table(ctx)
     base = BulkTransfer(ctx.net, ctx.port + 1000, _seconds(ctx.variant)).run()
-    ctx.extra["baseline"] = {"mbit_s": base["mbit_s"], "intact": base["intact"], "bytes": base["upload"]["bytes_received"]}
+    ctx.extra["baseline"] = {"mbit_s": base["mbit_s"], "intact": base["intact"],
+                             "bytes": base["upload"]["bytes_received"]}
 
 
 def _small_table(ctx) -> None:
@@ -107,7 +108,8 @@ def finish(ctx) -> None:
     time.sleep(0.4)  # both daemons have keyed the connection by now (a handshake takes ~10 ms)
     rows = _conn_rows(ctx.daemons.sessions(), probe_port) if ctx.daemons and ctx.daemons.procs else {}
     res = probe.result(timeout=10)
-    ctx.extra["probe"] = {"intact": res["intact"], "died": res["connection_died"], "connect_error": res["connect_error"],
+    ctx.extra["probe"] = {"intact": res["intact"], "died": res["connection_died"],
+                          "connect_error": res["connect_error"],
                           "connect_s": connect_s,
                           "rows": {h: [(x.get("remote"), x.get("state"), x.get("reason")) for x in r]
                                    for h, r in rows.items()},
