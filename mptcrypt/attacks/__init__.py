@@ -32,6 +32,9 @@ ATTACKS = {
     "syn-replay": "mptcrypt.attacks.syn_replay",
     "token-poison": "mptcrypt.attacks.token_poison",
     "daemon-restart": "mptcrypt.attacks.daemon_restart",
+    "blind-init": "mptcrypt.attacks.blind_init",
+    "join-index-dos": "mptcrypt.attacks.join_index_dos",
+    "syn-flood": "mptcrypt.attacks.syn_flood",
 }
 
 

@@ -6,7 +6,8 @@ It taps its interface (the hub floods path 1 to it), waits for the MPTCP connect
 the MP_CAPABLE keys off the wire, lets the transfer settle, runs the attack module's `attack(agent)`, keeps
 watching until `--observe` seconds after the SYN, and prints ONE JSON object on stdout: what it saw
 (`view`), what it sent (`actions`) and what the attack module measured (`result`). "ready" goes to stderr once
-the tap is open, so the runner starts the transfer only then.
+the tap is open, so the runner starts the transfer only then. Optional module hooks: `setup(agent)` before
+"ready", `at_syn(agent)` as soon as the connection's SYN is seen (before the keys), `after(agent)` at the end.
 
 `--role middlebox` runs an attack's `middlebox(args)` instead (the downgrade attack, in the hub switch's
 namespace).
@@ -139,18 +140,23 @@ class Agent:
 def run_agent(args: argparse.Namespace, module) -> dict:
     warm_up()
     agent = Agent(args)
+    if hasattr(module, "setup"):  # slow preparation (e.g. prebuilt flood packets) before the transfer starts
+        module.setup(agent)
     print("ready", file=sys.stderr, flush=True)
     view = agent.view
     out: dict = {"attack": args.attack, "role": "attacker"}
+    early: dict = {}
     try:
         agent.pump(agent.deadline, stop=lambda: view.cport is not None)
+        if hasattr(module, "at_syn") and view.cport is not None:  # attacks on the handshake itself (blind-init)
+            early = module.at_syn(agent) or {}
         agent.pump(agent.at(args.keys_timeout), stop=lambda: view.keys_known and view.c2s.segments > 3)
         agent.pump(agent.at(args.attack_after))
         out["attack_t"] = round(time.time(), 4)
         if view.cport is None:
             out["result"] = {"skipped": "no MPTCP connection to the server's port was seen on path 1"}
         else:
-            out["result"] = module.attack(agent) or {}
+            out["result"] = {**early, **(module.attack(agent) or {})}
         agent.pump(agent.at(args.observe))
         if hasattr(module, "after"):
             out["result"].update(module.after(agent) or {})

@@ -8,6 +8,11 @@ did not know. Now the stopping daemon resets them (a RST to its kernel and a pro
 new one drops (and resets) unknown established flows under `required`: the connection is protected or dead.
 Against plain MPTCP there is no daemon: the records are readable anyway.
 
+Variants (mptcrypt): `stop-start` as above; `graceful` (attack 18, issue 12 item 3, "Restarts keep connections"):
+`mptcrypt daemon --takeover` mid-transfer, the live sessions move to the successor in memory and the chains are
+replaced atomically. BLOCKED then also needs no lost byte: the transfer completes, sha256 intact both ways, the
+connection not reset.
+
 Effect measured: application records readable in plaintext on path 1 (any, for mptcrypt), bytes delivered that
 are not the sender's.
 """
@@ -21,9 +26,15 @@ from mptcrypt.attacks.judging import base_evidence, mounted
 from mptcrypt.attacks.runner import BLOCKED, EFFECTIVE, ERROR, Evidence, Verdict
 
 NUMBER = 11
-TITLE = "server daemon restarted mid-transfer (policy required)"
-SOURCE = "issue 12 item 3 (forgotten flows: restart, shutdown)"
+TITLE = "server daemon restarted mid-transfer (policy required): [stop-start], [graceful] --takeover (row 18)"
+SOURCE = "issue 12 item 3 (forgotten flows: restart, shutdown; restarts keep connections)"
 RESTART_AFTER = 1.5  # seconds after the cell starts: the transfer is running
+STOP_START, GRACEFUL = "stop-start", "graceful"
+VARIANT_NUMBERS = {GRACEFUL: 18}  # the graceful restart is its own row of the matrix
+
+
+def variants(target: str) -> list[str | None]:
+    return [STOP_START, GRACEFUL] if target == "mptcrypt" else [None]
 
 
 def policy(variant: str | None) -> str:
@@ -38,7 +49,10 @@ def prepare(ctx) -> None:
         time.sleep(RESTART_AFTER)
         t0 = time.time()
         try:
-            ctx.daemons.restart("server")
+            if ctx.variant == GRACEFUL:
+                ctx.daemons.takeover("server")
+            else:
+                ctx.daemons.restart("server")
             ctx.extra["restart"] = {"t": round(t0, 3), "seconds": round(time.time() - t0, 3)}
         except Exception as exc:  # judged as an ERROR, never a pass
             ctx.extra["restart"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -72,6 +86,13 @@ def judge(ev: Evidence) -> Verdict:
     why_not = mounted(ev, need_keys=False) if not ev.view.get("connection") else None
     if why_not:
         return Verdict(ERROR, why_not, evidence)
+    if ev.variant == GRACEFUL:
+        if t["connection_died"] or not t["intact"]:
+            lost = sum(t[d]["bytes_expected"] - t[d]["bytes_received"] for d in ("upload", "download"))
+            return Verdict(EFFECTIVE, f"no plaintext, but the takeover lost the connection ({lost} bytes not "
+                           "delivered)", evidence)
+        return Verdict(BLOCKED, "no plaintext on path 1 across the takeover; no byte lost (sha256 intact both "
+                       "ways, connection not reset)", evidence)
     end = "the connection was reset (protected or dead)" if t["connection_died"] or not t["intact"] else \
         "the transfer completed intact"
     return Verdict(BLOCKED, f"no plaintext on path 1 across the restart; {end}", evidence)

@@ -54,7 +54,9 @@ def rows(cells: list[Cell]) -> tuple[list[str], list[tuple[str, dict[str, Cell]]
             for c in mine:
                 if c.target == "plain" or c.variant == variant:
                     row[c.target] = c
-            label = f"{get_attack(name).NUMBER}. {name}" + (f" [{variant}]" if variant else "")
+            module = get_attack(name)
+            number = getattr(module, "VARIANT_NUMBERS", {}).get(variant, module.NUMBER)
+            label = f"{number}. {name}" + (f" [{variant}]" if variant else "")
             out.append((label, row))
     return targets, out
 

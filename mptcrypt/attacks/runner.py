@@ -6,8 +6,9 @@ another policy, e.g. the downgrade's `required` variant). Per cell (attack x tar
 
 1. the attack module's `prepare(ctx)` (optional: e.g. the downgrade's middlebox in the hub's namespace);
 2. the attacker agent starts in `mptc-attacker` (`python -m mptcrypt.attacks.agent NAME --port P`) and opens its tap;
-3. the transfer starts (fresh port per cell); while it runs, the runner samples the MPTCP subflows of both ends
-   (`ss -tni`: per-subflow byte counters) and, for mptcrypt, the daemons' `sessions` once the connection is up;
+3. the transfer starts (fresh port per cell; the module's `make_transfer(ctx)` if it has one); while it runs, the
+   runner samples the MPTCP subflows of both ends (`ss -tni`: per-subflow byte counters) and, for mptcrypt, the
+   daemons' `sessions` once the connection is up;
 4. afterwards: the transfer's result (sha256, bytes, how it ended), the agent's report (what it learned, sent,
    received), the daemons' counter deltas (`stats`), the kernels' MPTcpExt counter deltas;
 5. the module's `judge(ev)` turns that evidence into an outcome.
@@ -200,13 +201,51 @@ class Daemons:
         self.procs.clear()
         self.policy = None
 
-    def restart(self, host: str) -> None:
-        """Stop `host`'s daemon (SIGTERM: a clean stop) and start a new one with the same policy."""
+    def restart(self, host: str, *extra: str) -> None:
+        """Stop `host`'s daemon (SIGTERM: a clean stop) and start a new one with the same policy (and `extra`
+        daemon options, e.g. a --config for one cell)."""
         from mptcrypt.topo.daemons import spawn_in_netns, stop
 
         stop(self.procs[host], remove_log=True)
-        self.procs[host] = spawn_in_netns(self.net[host].ns, "--policy", self.policy)
+        self.procs[host] = spawn_in_netns(self.net[host].ns, "--policy", self.policy, *extra)
         self.log(f"  {host} daemon restarted (policy {self.policy})")
+
+    def takeover(self, host: str) -> None:
+        """Graceful restart: a new daemon with `--takeover` takes the live sessions from the running one in memory
+        (docs/protocol.md §8); the old one exits by itself."""
+        from mptcrypt.errors import MptcryptError
+        from mptcrypt.topo.daemons import spawn_in_netns
+
+        old = self.procs[host]
+        new = spawn_in_netns(self.net[host].ns, "--policy", self.policy, "--takeover")
+        self.procs[host] = new
+        try:
+            rc = old.wait(15)
+        except subprocess.TimeoutExpired:
+            old.kill()
+            old.wait()
+            raise MptcryptError(f"the {host} daemon did not exit after the takeover") from None
+        try:
+            os.unlink(old.log_path)
+        except (FileNotFoundError, AttributeError):
+            pass
+        if rc != 0:
+            raise MptcryptError(f"the {host} daemon exited with {rc} after the takeover")
+        self.log(f"  {host} daemon taken over (policy {self.policy})")
+
+    def cpu_seconds(self, host: str) -> float | None:
+        """CPU time (user + system) the daemon of `host` has used so far, from /proc/PID/stat (`ip netns exec`
+        execs the daemon in place: the Popen's pid is the daemon's); None if it is gone."""
+        proc = self.procs.get(host)
+        if proc is None:
+            return None
+        try:
+            with open(f"/proc/{proc.pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return None
+        # fields after the command: state is [0], utime [11], stime [12] (proc(5): fields 14 and 15)
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def alive(self) -> dict[str, bool]:
         return {h: p.poll() is None for h, p in self.procs.items()}
@@ -377,8 +416,9 @@ class Runner:
         s = self.settings
         from mptcrypt.topo import mptcp_counters
 
+        attack_after = getattr(module, "ATTACK_AFTER", s.attack_after)
         agent_args = [
-            name, "--port", str(port), "--attack-after", str(s.attack_after), "--observe", str(s.observe),
+            name, "--port", str(port), "--attack-after", str(attack_after), "--observe", str(s.observe),
             "--deadline", str(s.duration + s.idle_timeout + 12),
         ]
         if variant:
@@ -389,7 +429,10 @@ class Runner:
         _wait_ready(agent, "attacker agent")
         stats0 = daemons.stats()
         counters0 = {h: mptcp_counters(net[h]) for h in (CLIENT, SERVER)}
-        transfer = Transfer(net, port, duration=s.duration, idle_timeout=s.idle_timeout)
+        if hasattr(module, "make_transfer"):  # e.g. a bulk transfer whose throughput is measured (syn-flood)
+            transfer = module.make_transfer(ctx)
+        else:
+            transfer = Transfer(net, port, duration=s.duration, idle_timeout=s.idle_timeout)
         transfer.listen()
         transfer.start()
         timeline: list[dict] = []

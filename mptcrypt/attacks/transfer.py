@@ -91,12 +91,7 @@ class Transfer:
 
     # --- running ------------------------------------------------------------------------------------
     def listen(self) -> None:
-        ls = self.server_node.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("0.0.0.0", self.port))
-        ls.listen(4)
-        ls.settimeout(self.idle_timeout + 4)
-        self.listener = ls
+        self.listener = mptcp_listener(self.server_node, self.port, self.idle_timeout + 4)
 
     def start(self) -> None:
         if self.listener is None:
@@ -211,6 +206,16 @@ class Transfer:
                     s.close()
                 except OSError:
                     pass
+
+
+def mptcp_listener(node, port: int, timeout: float) -> socket.socket:
+    """An MPTCP listening socket on `port` in `node`'s namespace."""
+    ls = node.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", port))
+    ls.listen(4)
+    ls.settimeout(timeout)
+    return ls
 
 
 def _direction(expected: bytes, writer: Side, reader: Side) -> dict:
