@@ -66,6 +66,7 @@ class Transfer:
         self.net = net
         self.port = port
         self.server_addr = server_addr
+        self.family = socket.AF_INET6 if ":" in server_addr else socket.AF_INET
         self.ticks = max(1, int(duration / tick))
         self.tick = tick
         self.up_per_tick = up_per_tick
@@ -91,9 +92,9 @@ class Transfer:
 
     # --- running ------------------------------------------------------------------------------------
     def listen(self) -> None:
-        ls = self.server_node.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+        ls = self.server_node.socket(self.family, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("0.0.0.0", self.port))
+        ls.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", self.port))
         ls.listen(4)
         ls.settimeout(self.idle_timeout + 4)
         self.listener = ls
@@ -126,7 +127,7 @@ class Transfer:
         writer.join(self.ticks * self.tick + self.idle_timeout + 5)
 
     def _client(self) -> None:
-        sock = self.client_node.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+        sock = self.client_node.socket(self.family, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
         self.csock = sock
         sock.settimeout(self.idle_timeout)
         try:
