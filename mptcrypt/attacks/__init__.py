@@ -32,6 +32,9 @@ ATTACKS = {
     "syn-replay": "mptcrypt.attacks.syn_replay",
     "token-poison": "mptcrypt.attacks.token_poison",
     "daemon-restart": "mptcrypt.attacks.daemon_restart",
+    "ipv6-exthdr": "mptcrypt.attacks.ipv6_exthdr",
+    "boundary-shift": "mptcrypt.attacks.boundary_shift",
+    "signal-replay": "mptcrypt.attacks.signal_replay",
 }
 
 

@@ -409,7 +409,9 @@ class Runner:
         _wait_ready(agent, "attacker agent")
         stats0 = daemons.stats()
         counters0 = {h: mptcp_counters(net[h]) for h in (CLIENT, SERVER)}
-        transfer = Transfer(net, port, server_addr=a["server"], duration=s.duration, idle_timeout=s.idle_timeout)
+        shape = {"duration": s.duration, "idle_timeout": s.idle_timeout,
+                 **getattr(module, "TRANSFER", {})}  # a module may change it: a one-way transfer (signal-replay)
+        transfer = Transfer(net, port, server_addr=a["server"], **shape)
         transfer.listen()
         transfer.start()
         timeline: list[dict] = []
