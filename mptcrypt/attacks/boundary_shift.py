@@ -10,7 +10,8 @@ payload bytes decrypted with the keystream of the wrong position. Protocol v2 bi
 the MAC (docs/protocol.md §5).
 
 The attacker needs the segment in place of the original, so it is an on-path middlebox (as the downgrade's): the
-hub queues path 1's client -> server segments (br_netfilter + NFQUEUE in `mptc-hub`), and from `SHIFT_AFTER` s
+hub queues path 1's client -> server segments on their way out of its server port (br_netfilter + physdev +
+NFQUEUE in `mptc-hub`), and from `SHIFT_AFTER` s
 on the middlebox rewrites `SHIFTS` protected data segments, one every `SHIFT_GAP` s; the originals never reach the
 server. The attacker host only reads path 1. Against plain MPTCP there is no MAC to keep: n/a (any on-path change
 of a plain segment is accepted by definition).
@@ -34,7 +35,6 @@ SOURCE = "issue 12 item 5 (the data offset outside the v1 MAC input)"
 SHIFT_AFTER = 1.2  # s after the first queued segment
 SHIFTS = 3
 SHIFT_GAP = 0.3
-CLONE_WINDOW = 0.005  # s: the copies of one flooded frame (see middlebox)
 WORD = 4  # the data offset counts 32-bit words
 
 
@@ -67,33 +67,23 @@ def shift_boundary(packet: bytes) -> tuple[bytes, str] | None:
 def middlebox(args) -> dict:
     from mptcrypt.attacks.downgrade import run_queue
 
-    stats = {"role": "middlebox", "queued": 0, "shifted": 0, "copies_shifted": 0, "directions": {},
-             "shifted_seqs": []}
+    stats = {"role": "middlebox", "queued": 0, "shifted": 0, "directions": {}, "shifted_seqs": []}
     state = {"first": None, "last": 0.0}
-    chosen: dict[int, float] = {}  # seq -> when it was chosen
 
     def on_packet(pkt) -> None:
-        # The hub floods: the bridge runs FORWARD once per output port, so every segment is queued twice (to the
-        # server, to the attacker). A chosen segment is shifted in every copy that comes within CLONE_WINDOW;
-        # the sender's retransmission of it, later, passes untouched.
         now = time.monotonic()
         stats["queued"] += 1
         state["first"] = state["first"] or now
-        data = pkt.get_payload()
-        seq = int.from_bytes(data[24:28], "big")  # IPv4 without options (hijack.py)
-        fresh = seq not in chosen and stats["shifted"] < SHIFTS and now - state["first"] >= SHIFT_AFTER \
-            and now - state["last"] >= SHIFT_GAP
-        if fresh or now - chosen.get(seq, -1.0) <= CLONE_WINDOW:
+        if stats["shifted"] < SHIFTS and now - state["first"] >= SHIFT_AFTER and now - state["last"] >= SHIFT_GAP:
+            data = pkt.get_payload()
             out = shift_boundary(data)
             if out is not None:
                 new, how = out
                 pkt.set_payload(new)
-                stats["copies_shifted"] += 1
-                if fresh:
-                    chosen[seq] = state["last"] = now
-                    stats["shifted"] += 1
-                    stats["directions"][how] = stats["directions"].get(how, 0) + 1
-                    stats["shifted_seqs"].append(seq)
+                stats["shifted"] += 1
+                stats["directions"][how] = stats["directions"].get(how, 0) + 1
+                stats["shifted_seqs"].append(int.from_bytes(data[24:28], "big"))  # IPv4 without options
+                state["last"] = now
         pkt.accept()
 
     return run_queue(args.queue_num, on_packet, stats)
@@ -102,9 +92,11 @@ def middlebox(args) -> dict:
 def prepare(ctx: CellContext) -> None:
     from mptcrypt.attacks.downgrade import QUEUE, start_middlebox
 
-    start_middlebox(ctx, "boundary-shift", ["FORWARD", "-p", "tcp", "-s", CLIENT_IP, "-d", SERVER_IP, "--dport",
-                                            str(ctx.port), "--tcp-flags", "SYN", "NONE", "-j", "NFQUEUE",
-                                            "--queue-num", str(QUEUE), "--queue-bypass"])
+    # the hub floods: FORWARD sees each frame once per output port; only the copy the server gets is rewritten
+    start_middlebox(ctx, "boundary-shift", ["FORWARD", "-m", "physdev", "--physdev-out", "hub-s", "-p", "tcp",
+                                            "-s", CLIENT_IP, "-d", SERVER_IP, "--dport", str(ctx.port),
+                                            "--tcp-flags", "SYN", "NONE", "-j", "NFQUEUE", "--queue-num",
+                                            str(QUEUE), "--queue-bypass"])
 
 
 def finish(ctx: CellContext) -> None:
@@ -127,7 +119,8 @@ def judge(ev: Evidence) -> Verdict:
     path1 = subflow_killed(ev, "path1", "shift", ()).outcome == EFFECTIVE
     evidence = {**base_evidence(ev), "middlebox": {k: v for k, v in mb.items() if k != "role"},
                 "server_mac_failures": refused, "server_segments_verified": ev.stat("server", "segments_verified"),
-                "path1_subflow_died": path1}
+                "path1_subflow_died": path1,
+                "server_MPTcpExt": dict(sorted((ev.counters.get("server") or {}).items()))}
     if mb.get("error") or "shifted" not in mb:
         return Verdict(ERROR, f"middlebox failed: {mb.get('error', 'no report')}", evidence)
     if not shifted:

@@ -34,7 +34,7 @@ TITLE = "replay of the victim's own verified REMOVE_ADDR"
 SOURCE = "issue 12 item 9 (no replay window, no PAWS on protected flows); RFC 8684 §3.4.2"
 REMOVE_AFTER = 1.4  # s after the connection is up: the agent is already waiting for the signal
 READD_AFTER = 0.5  # s later the endpoint comes back (same id): a new path-2 join
-REPLAY_AFTER = 1.0  # s after the signal was sniffed: the re-joined subflow carries data by then
+REPLAY_AFTER = 1.5  # s after the signal was sniffed: the re-joined subflow is up (and sampled) by then
 REPLAYS = 3
 # the client only reads: its subflow sequence numbers stand still (the server's reader waits for its FIN)
 TRANSFER = {"up_per_tick": 0, "idle_timeout": 8.0}
