@@ -5,9 +5,10 @@ Issue 12 item 5. A MAC over "header fields | options without the MAC option | ci
 offset (protocol v1) covers one byte string whichever way it is split: moving the last 4-byte word of the options
 in front of the ciphertext (data offset - 1), or the first 4 ciphertext bytes behind the options (data offset + 1,
 when the option area has room), still verifies. The receiving daemon then hands its kernel a segment the sender
-never sent: a DSS option cut short (no mapping for the data: the kernel resets the subflow or takes garbage), and
-payload bytes decrypted with the keystream of the wrong position. Protocol v2 binds the kernel's data offset into
-the MAC (docs/protocol.md §5).
+never sent: a DSS option cut short and payload bytes decrypted with the keystream of the wrong position (measured
+with the v1 input on Linux 6.18: the kernel found no mapping for that data and discarded it, MPTcpExtDuplicateData,
+so the stream stayed intact; the bypass of the MAC is the effect). Protocol v2 binds the kernel's data offset
+into the MAC (docs/protocol.md §5).
 
 The attacker needs the segment in place of the original, so it is an on-path middlebox (as the downgrade's): the
 hub queues path 1's client -> server segments on their way out of its server port (br_netfilter + physdev +
