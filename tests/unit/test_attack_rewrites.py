@@ -7,7 +7,7 @@ import os
 import struct
 
 from mptcrypt.attacks.boundary_shift import shift_boundary
-from mptcrypt.attacks.signal_replay import refresh_timestamp
+from mptcrypt.attacks.signal_replay import refresh
 from mptcrypt.constants import MAC_OPTION_LEN, SymCipher
 from mptcrypt.crypto import keyschedule as ks
 from mptcrypt.crypto.segment import PySegmentCipher
@@ -63,9 +63,10 @@ def test_segments_without_a_mac_or_payload_are_left_alone():
     assert shift_boundary(sealed(b"", b"")[0]) is None
 
 
-def test_a_refreshed_timestamp_changes_only_the_timestamp():
+def test_a_freshened_plain_signal_changes_only_its_timestamp_and_ack():
     rm = encode_mptcp(MptcpOption.remove_addr([1]))
     old = kernel_segment(rm, b"", ts=True)
-    new = refresh_timestamp(old, (77, 88))
-    assert new[40 + 4:40 + 12] == struct.pack("!II", 77, 88) and verify_tcp_checksum(SRC, DST, new[20:])
-    assert new[:36] == old[:36] and new[38:44] == old[38:44] and new[52:] == old[52:]
+    new = refresh(old, (77, 88), 0xA1B2C3D4)
+    assert new[40 + 4:40 + 12] == struct.pack("!II", 77, 88) and new[28:32] == bytes.fromhex("a1b2c3d4")
+    assert verify_tcp_checksum(SRC, DST, new[20:])
+    assert new[:28] == old[:28] and new[32:36] == old[32:36] and new[38:44] == old[38:44] and new[52:] == old[52:]
