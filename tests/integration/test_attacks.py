@@ -1,8 +1,7 @@
 """The attack matrix (issue 5): every attack must work against plain MPTCP and fail against mptcrypt.
 
 The whole matrix runs once per module (topologies/hijack.py, then hijack.py ipv6=True for ipv6-exthdr; ~3.3
-minutes): each attack against plain MPTCP
-(no daemons), then against mptcrypt (daemons in client and server). An attack that does not work against plain
+minutes): each attack against plain MPTCP (no daemons), then against mptcrypt (daemons in client and server). An attack that does not work against plain
 MPTCP proves nothing, so it fails here too. Against mptcrypt, BLOCKED means: the attacker was really in position
 (it saw the connection, read the MP_CAPABLE keys, sent its packets), the effect did not happen, the transfer's
 sha256 is intact in both directions, and the daemons' counters show the forged packets being refused. The
