@@ -30,6 +30,7 @@ from mptcrypt.wire.tcp import TCPOLEN_TIMESTAMP, option_value
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -60,7 +61,7 @@ def seq_after(a: int, b: int) -> bool:
 
 @dataclass(slots=True)
 class Seg:
-    """One sniffed TCP/IPv4 segment."""
+    """One sniffed TCP segment (IPv4, or IPv6 with any extension headers before TCP)."""
 
     t: float
     eth_src: bytes
@@ -94,15 +95,15 @@ class Seg:
 
 
 def parse_frame(frame: bytes, t: float | None = None) -> Seg | None:
-    """Ethernet + IPv4 + TCP -> Seg; anything else -> None (headers read by `wire.segment`)."""
+    """Ethernet + IPv4/IPv6 + TCP -> Seg; anything else -> None (headers read by `wire.segment`)."""
     if len(frame) < 54:
         return None
     eth_dst, eth_src, etype = _ETH.unpack_from(frame, 0)
-    if etype != ETH_P_IP:
+    if etype not in (ETH_P_IP, ETH_P_IPV6):
         return None
     try:
         seg = parse_segment(frame[14:])
-        if seg is None or seg.version != 4:
+        if seg is None or seg.version != (4 if etype == ETH_P_IP else 6):
             return None
         tcp_opts = seg.tcp_options()
     except DecodeError:
@@ -115,10 +116,14 @@ def parse_frame(frame: bytes, t: float | None = None) -> Seg | None:
         elif is_mptcrypt_option(o.kind, o.data):
             mptcrypt = True
     return Seg(
-        time.time() if t is None else t, eth_src, eth_dst, socket.inet_ntoa(seg.src), socket.inet_ntoa(seg.dst),
+        time.time() if t is None else t, eth_src, eth_dst, _ntop(seg.src), _ntop(seg.dst),
         seg.sport, seg.dport, seg.seq, seg.ack, seg.flags & 0x3F, seg.window, opts, seg.payload(), seg.mptcp(),
         mptcrypt, seg.has_mac(), ts, seg.packet,
     )
+
+
+def _ntop(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
 
 
 class Tap:
@@ -365,8 +370,12 @@ def forge(
     window: int | None = None,
     ts: tuple[int, int] | None = None,
     src_mac: bytes | None = None,
+    ext_headers: list = (),
 ) -> bytes:
     """An Ethernet frame carrying a forged TCP segment (scapy computes lengths and checksums).
+
+    IPv6 when `src` is an IPv6 address; `ext_headers`: scapy IPv6 extension headers put between the IPv6 header
+    and TCP, in order (e.g. [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()]: `ipv6_ext_headers`).
 
     `options`: scapy option tuples, e.g. [mptcp_opt(MptcpOption.mp_prio(True))]. `ts`: a timestamp option.
     Spoofed segments carry none: Linux applies PAWS only to segments that have one, and a copied timestamp is
@@ -383,9 +392,16 @@ def forge(
     opts += list(options)
     eth_src = src_mac or view.macs.get(src) or b"\x02\x00\x00\x00\x00\x66"
     eth_dst = view.macs.get(dst, b"\xff" * 6)
+    if ":" in src:
+        from scapy.layers.inet6 import IPv6
+
+        net = IPv6(src=src, dst=dst, hlim=64)
+        for h in ext_headers:
+            net = net / h
+    else:
+        net = IP(src=src, dst=dst, ttl=64, flags="DF", id=int.from_bytes(os.urandom(2), "big"))
     pkt = (
-        Ether(src=_mac_str(eth_src), dst=_mac_str(eth_dst))
-        / IP(src=src, dst=dst, ttl=64, flags="DF", id=int.from_bytes(os.urandom(2), "big"))
+        Ether(src=_mac_str(eth_src), dst=_mac_str(eth_dst)) / net
         / TCP(sport=sport, dport=dport, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags,
               window=window if window is not None else 502, options=_pad(opts))
     )
@@ -407,20 +423,33 @@ def _mac_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def spoof_to_server(view: View, flags: int, options: list = (), payload: bytes = b"", seq: int | None = None) -> bytes:
+def ipv6_ext_headers(kinds: tuple[str, ...]) -> list:
+    """Scapy IPv6 extension headers by name, in order: "hbh" (Hop-by-Hop, RFC 8200 §4.3), "dst" (Destination
+    Options, §4.6), "frag" (an atomic Fragment header: offset 0, M=0, RFC 6946), each a valid header a host must
+    process and then hand the TCP segment behind it to TCP."""
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+
+    make = {"hbh": IPv6ExtHdrHopByHop, "dst": IPv6ExtHdrDestOpt,
+            "frag": lambda: IPv6ExtHdrFragment(offset=0, m=0, id=int.from_bytes(os.urandom(4), "big"))}
+    return [make[k]() for k in kinds]
+
+
+def spoof_to_server(view: View, flags: int, options: list = (), payload: bytes = b"", seq: int | None = None,
+                    ext_headers: list = ()) -> bytes:
     """A segment of the path-1 subflow as if the client sent it: in-window seq/ack from the sniffed state."""
     h, r = view.c2s, view.s2c
     return forge(view, view.client, view.server, view.cport, view.port,
                  h.nxt if seq is None else seq, r.nxt or 0, flags, options, payload,
-                 window=h.window)
+                 window=h.window, ext_headers=ext_headers)
 
 
-def spoof_to_client(view: View, flags: int, options: list = (), payload: bytes = b"", seq: int | None = None) -> bytes:
+def spoof_to_client(view: View, flags: int, options: list = (), payload: bytes = b"", seq: int | None = None,
+                    ext_headers: list = ()) -> bytes:
     """A segment of the path-1 subflow as if the server sent it."""
     h, r = view.s2c, view.c2s
     return forge(view, view.server, view.client, view.port, view.cport,
                  h.nxt if seq is None else seq, r.nxt or 0, flags, options, payload,
-                 window=h.window)
+                 window=h.window, ext_headers=ext_headers)
 
 
 def rcv_nxt_at_server(view: View) -> int | None:

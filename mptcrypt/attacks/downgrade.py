@@ -66,10 +66,7 @@ def strip_mptcrypt(packet: bytes) -> tuple[bytes, int]:
 
 
 def middlebox(args) -> dict:
-    from netfilterqueue import NetfilterQueue
-
     stats = {"role": "middlebox", "syns": 0, "stripped_syns": 0, "options_removed": 0}
-    stop = []
 
     def on_packet(pkt) -> None:
         data, n = strip_mptcrypt(pkt.get_payload())
@@ -80,9 +77,17 @@ def middlebox(args) -> dict:
             pkt.set_payload(data)
         pkt.accept()
 
+    return run_queue(args.queue_num, on_packet, stats)
+
+
+def run_queue(queue_num: int, on_packet, stats: dict) -> dict:
+    """Serve NFQUEUE `queue_num` with `on_packet` until SIGTERM; returns `stats` (the middlebox's report)."""
+    from netfilterqueue import NetfilterQueue
+
+    stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     nfq = NetfilterQueue()
-    nfq.bind(args.queue_num, on_packet)
+    nfq.bind(queue_num, on_packet)
     print("ready", file=sys.stderr, flush=True)
     try:
         fd = nfq.get_fd()
@@ -104,17 +109,23 @@ def _rule(port: int) -> list[str]:
 
 
 def prepare(ctx: CellContext) -> None:
+    start_middlebox(ctx, "downgrade", _rule(ctx.port))
+
+
+def start_middlebox(ctx: CellContext, attack: str, rule: list[str]) -> None:
+    """Queue what iptables `rule` (mangle table) matches on the hub's bridge to `attack`'s middlebox, started in
+    the hub's namespace; `finish` collects its report into ctx.extra["middlebox"]."""
     hub = ctx.net[HUB]
     old = hub.run(["sysctl", "-n", SYSCTL], check=False).stdout.strip()
     hub.run(["sysctl", "-qw", f"{SYSCTL}=1"])
     ctx.cleanups.append(lambda: hub.run(["sysctl", "-qw", f"{SYSCTL}={old or 0}"], check=False))
-    hub.run(["iptables", "-w", "-t", "mangle", "-A", *_rule(ctx.port)])
-    ctx.cleanups.append(lambda: hub.run(["iptables", "-w", "-t", "mangle", "-D", *_rule(ctx.port)], check=False))
-    mb = hub.popen([sys.executable, "-m", "mptcrypt.attacks.agent", "downgrade", "--role", "middlebox",
+    hub.run(["iptables", "-w", "-t", "mangle", "-A", *rule])
+    ctx.cleanups.append(lambda: hub.run(["iptables", "-w", "-t", "mangle", "-D", *rule], check=False))
+    mb = hub.popen([sys.executable, "-m", "mptcrypt.attacks.agent", attack, "--role", "middlebox",
                     "--port", str(ctx.port), "--queue-num", str(QUEUE)],
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ctx.procs.append(mb)
-    _wait_ready(mb, "downgrade middlebox")
+    _wait_ready(mb, f"{attack} middlebox")
     ctx.extra["middlebox_proc"] = mb
 
 

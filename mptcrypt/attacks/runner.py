@@ -1,6 +1,7 @@
 """Run attacks x targets on `topologies/hijack.py` and collect the evidence each verdict rests on.
 
-One `Net` for the whole matrix (one topology per machine at a time; building it is the slow part). Per target:
+One `Net` per IP version for the whole matrix (one topology per machine at a time; building it is the slow part):
+IPv4 rows on `hijack.py`, rows whose module says `FAMILY = 6` on `hijack.py ipv6=True`, after them. Per target:
 `plain` runs no daemon; `mptcrypt` runs a daemon in the client and the server (restarted only when an attack needs
 another policy, e.g. the downgrade's `required` variant). Per cell (attack x target x variant):
 
@@ -40,6 +41,14 @@ TARGETS = ("plain", "mptcrypt")
 BASE_PORT = 6100
 CLIENT, SERVER, ATTACKER, HUB = "client", "server", "attacker", "hub"
 CLIENT_IP, CLIENT_IP2, SERVER_IP, ATTACKER_IP = "10.0.1.2", "10.0.2.2", "10.0.1.1", "10.0.1.66"
+# The hosts' addresses per IP version: an attack module with FAMILY = 6 runs on `hijack,ipv6=True` (issue 12 item 4)
+ADDRS = {
+    4: {"client": CLIENT_IP, "client2": CLIENT_IP2, "server": SERVER_IP, "server2": "10.0.2.1",
+        "attacker": ATTACKER_IP},
+    6: {"client": "fd00:1::2", "client2": "fd00:2::2", "server": "fd00:1::1", "server2": "fd00:2::1",
+        "attacker": "fd00:1::66"},
+}
+TOPO_SPEC = {4: None, 6: "hijack,ipv6=True"}
 
 EFFECTIVE, BLOCKED, DETECTED, ERROR = "EFFECTIVE", "BLOCKED", "DETECTED", "ERROR"
 
@@ -86,6 +95,7 @@ class Evidence:
     sessions: dict  # host -> daemon sessions rows for this connection (mptcrypt only), once it is up
     sessions_late: dict  # the same, ~1.5 s after the attack
     extra: dict = field(default_factory=dict)  # what prepare()/the module's runner hooks recorded
+    family: int = 4  # IP version of the connection (ADDRS)
 
     # --- helpers for the judges --------------------------------------------------------------------
     @property
@@ -114,12 +124,13 @@ class Evidence:
 
     def path_of(self, sf: dict, side: str) -> str:
         """'path1' / 'path2' / 'attacker' / 'other' for one `ss` subflow entry of `side`."""
-        addrs = {sf.get("remote", "").rsplit(":", 1)[0], sf.get("local", "").rsplit(":", 1)[0]}
-        if ATTACKER_IP in addrs:
+        addrs = {sf.get(k, "").rsplit(":", 1)[0].strip("[]") for k in ("remote", "local")}
+        a = ADDRS[self.family]
+        if a["attacker"] in addrs:
             return "attacker"
-        if CLIENT_IP2 in addrs or "10.0.2.1" in addrs:
+        if a["client2"] in addrs or a["server2"] in addrs:
             return "path2"
-        if CLIENT_IP in addrs:
+        if a["client"] in addrs:
             return "path1"
         return "other"
 
@@ -343,32 +354,38 @@ class Runner:
     def run(self) -> list[Cell]:
         from mptcrypt.topo import Net, load_topo
 
-        topo, *_ = load_topo(self.topology)
-        t0 = time.monotonic()
-        net = Net(topo, lock_timeout=self.settings.lock_timeout,
-                  source={"file": self.topology, "by": "mptcrypt.attacks"})
-        net.start()
-        daemons = Daemons(net, self.log)
-        try:
-            self.log(f"topology {os.path.basename(self.topology)} up in {time.monotonic() - t0:.1f} s")
-            self._prepare_attacker(net)
-            plan = [(get_attack(name), name, target, variant) for target in self.targets for name in self.attacks
-                    for variant in _variants(get_attack(name), target)]
-            for i, (module, name, target, variant) in enumerate(plan):
-                if self.progress is not None:  # progress(cells done, cells in all, next cell)
-                    self.progress(i, len(plan), f"{name} vs {target}" + (f" ({variant})" if variant else ""))
-                self.cells.append(self._cell(net, daemons, module, name, target, variant))
-            if self.progress is not None:
-                self.progress(len(plan), len(plan), "done")
-        finally:
-            daemons.stop()
-            net.stop()
+        plan = [(get_attack(name), name, target, variant) for target in self.targets for name in self.attacks
+                for variant in _variants(get_attack(name), target)]
+        done = 0
+        for family in sorted({_family(module) for module, *_ in plan}):  # one topology at a time
+            cells = [c for c in plan if _family(c[0]) == family]
+            topo, *_ = load_topo(self.topology, TOPO_SPEC[family] if self.topology == str(TOPOLOGY) else None)
+            t0 = time.monotonic()
+            net = Net(topo, lock_timeout=self.settings.lock_timeout,
+                      source={"file": self.topology, "by": "mptcrypt.attacks"})
+            net.start()
+            daemons = Daemons(net, self.log)
+            try:
+                self.log(f"topology {os.path.basename(self.topology)} (IPv{family}) up in "
+                         f"{time.monotonic() - t0:.1f} s")
+                self._prepare_attacker(net, family)
+                for module, name, target, variant in cells:
+                    if self.progress is not None:  # progress(cells done, cells in all, next cell)
+                        self.progress(done, len(plan), f"{name} vs {target}" + (f" ({variant})" if variant else ""))
+                    self.cells.append(self._cell(net, daemons, module, name, target, variant))
+                    done += 1
+            finally:
+                daemons.stop()
+                net.stop()
+        if self.progress is not None:
+            self.progress(len(plan), len(plan), "done")
         return self.cells
 
-    def _prepare_attacker(self, net) -> None:
+    def _prepare_attacker(self, net, family: int = 4) -> None:
         """The attacker's kernel knows none of the connections it forges: keep it from answering them with RSTs
         (the agent's own frames go out through AF_PACKET, below iptables)."""
-        net[ATTACKER].run(["iptables", "-w", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"])
+        for tool in ("iptables",) + (("ip6tables",) if family == 6 else ()):
+            net[ATTACKER].run([tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"])
         net[ATTACKER].run(["ip", "link", "set", "a-eth0", "promisc", "on"])
 
     def _next_port(self) -> int:
@@ -421,6 +438,10 @@ class Runner:
             name, "--port", str(port), "--attack-after", str(attack_after), "--observe", str(s.observe),
             "--deadline", str(s.duration + s.idle_timeout + 12),
         ]
+        family = _family(module)
+        a = ADDRS[family]
+        if family != 4:
+            agent_args += ["--client", a["client"], "--server", a["server"], "--me", a["attacker"]]
         if variant:
             agent_args += ["--mode", variant]
         agent = net[ATTACKER].popen([sys.executable, "-m", "mptcrypt.attacks.agent", *agent_args],
@@ -432,7 +453,9 @@ class Runner:
         if hasattr(module, "make_transfer"):  # e.g. a bulk transfer whose throughput is measured (syn-flood)
             transfer = module.make_transfer(ctx)
         else:
-            transfer = Transfer(net, port, duration=s.duration, idle_timeout=s.idle_timeout)
+            shape = {"duration": s.duration, "idle_timeout": s.idle_timeout,
+                     **getattr(module, "TRANSFER", {})}  # a module may change it: a one-way transfer (signal-replay)
+            transfer = Transfer(net, port, server_addr=a["server"], **shape)
         transfer.listen()
         transfer.start()
         timeline: list[dict] = []
@@ -471,8 +494,12 @@ class Runner:
             stats={h: _delta(stats1.get(h, {}), stats0.get(h, {})) for h in stats1},
             counters={h: _delta(counters1[h], counters0[h]) for h in counters1},
             timeline=timeline, sessions=sessions, sessions_late=sessions_late,
-            extra={k: v for k, v in ctx.extra.items() if not k.endswith("_proc")},
+            extra={k: v for k, v in ctx.extra.items() if not k.endswith("_proc")}, family=family,
         )
+
+
+def _family(module) -> int:
+    return getattr(module, "FAMILY", 4)
 
 
 def _variants(module, target: str) -> list[str | None]:

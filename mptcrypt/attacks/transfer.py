@@ -66,6 +66,7 @@ class Transfer:
         self.net = net
         self.port = port
         self.server_addr = server_addr
+        self.family = socket.AF_INET6 if ":" in server_addr else socket.AF_INET
         self.ticks = max(1, int(duration / tick))
         self.tick = tick
         self.up_per_tick = up_per_tick
@@ -91,7 +92,7 @@ class Transfer:
 
     # --- running ------------------------------------------------------------------------------------
     def listen(self) -> None:
-        self.listener = mptcp_listener(self.server_node, self.port, self.idle_timeout + 4)
+        self.listener = mptcp_listener(self.server_node, self.port, self.idle_timeout + 4, self.family)
 
     def start(self) -> None:
         if self.listener is None:
@@ -121,7 +122,7 @@ class Transfer:
         writer.join(self.ticks * self.tick + self.idle_timeout + 5)
 
     def _client(self) -> None:
-        sock = self.client_node.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+        sock = self.client_node.socket(self.family, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
         self.csock = sock
         sock.settimeout(self.idle_timeout)
         try:
@@ -208,11 +209,11 @@ class Transfer:
                     pass
 
 
-def mptcp_listener(node, port: int, timeout: float) -> socket.socket:
-    """An MPTCP listening socket on `port` in `node`'s namespace."""
-    ls = node.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+def mptcp_listener(node, port: int, timeout: float, family: int = socket.AF_INET) -> socket.socket:
+    """An MPTCP listening socket on `port` in `node`'s namespace (`family`: AF_INET or AF_INET6)."""
+    ls = node.socket(family, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", port))
+    ls.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
     ls.listen(4)
     ls.settimeout(timeout)
     return ls

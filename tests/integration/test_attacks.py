@@ -1,7 +1,7 @@
 """The attack matrix (issue 5): every attack must work against plain MPTCP and fail against mptcrypt.
 
-The whole matrix runs once per module (topologies/hijack.py, ~2.5 minutes): each attack against plain MPTCP
-(no daemons), then against mptcrypt (daemons in client and server). An attack that does not work against plain
+The whole matrix runs once per module (topologies/hijack.py, then hijack.py ipv6=True for ipv6-exthdr; ~3.3
+minutes): each attack against plain MPTCP (no daemons), then against mptcrypt (daemons in client and server). An attack that does not work against plain
 MPTCP proves nothing, so it fails here too. Against mptcrypt, BLOCKED means: the attacker was really in position
 (it saw the connection, read the MP_CAPABLE keys, sent its packets), the effect did not happen, the transfer's
 sha256 is intact in both directions, and the daemons' counters show the forged packets being refused. The
@@ -25,7 +25,9 @@ pytestmark = pytest.mark.root
 # issue 5's attacks 1-7; the rest target mptcrypt itself (issue 12)
 OWN = ("syn-desync", "syn-replay")
 DOS = ("blind-init", "join-index-dos", "syn-flood")  # issue 12 items 6-7: judged by their own tests below
-PUBLISHED = [n for n in ATTACKS if n not in OWN + DOS + ("daemon-restart",)]
+# issue 12 items 4, 5, 9: rows on mptcrypt's own segment path, each with its own evidence (tests at the end)
+SEGMENT_PATH_ROWS = ("ipv6-exthdr", "boundary-shift", "signal-replay")
+PUBLISHED = [n for n in ATTACKS if n not in OWN + DOS + SEGMENT_PATH_ROWS + ("daemon-restart",)]
 
 # the daemon counter (client/server) that must show the forged packets being refused
 REFUSED_BY = {
@@ -198,3 +200,47 @@ def test_a_syn_flood_leaves_the_bulk_transfer_at_least_half_its_throughput(matri
     if target == "mptcrypt":
         assert all(ev["probe"]["protected"].values()) and ev["probe"]["intact"], _explain(cell)
         assert ev["server_table"]["flows"] <= (syn_flood.SMALL_TABLE if variant == "paced" else 65536), _explain(cell)
+
+
+@pytest.mark.parametrize("name", ["ipv6-exthdr", "signal-replay"])
+def test_segment_path_rows_work_against_plain_mptcp(matrix, name):
+    """The same forgery (behind IPv6 extension headers) and the same replay change plain MPTCP connections;
+    boundary-shift has no plain cell (no MAC to keep)."""
+    cell = matrix[(name, "plain", None)]
+    assert cell.outcome == EFFECTIVE, _explain(cell)
+    assert ("boundary-shift", "plain", None) not in matrix
+
+
+def test_ipv6_extension_headers_do_not_carry_forgeries_past_the_mac(matrix):
+    """Issue 12 item 4, on the real kernels over IPv6: data behind Hop-by-Hop + Destination Options and behind an
+    atomic Fragment header, and RSTs behind Hop-by-Hop + Destination Options, are dropped and counted."""
+    cell = matrix[("ipv6-exthdr", "mptcrypt", None)]
+    assert cell.outcome == BLOCKED, _explain(cell)
+    raw = cell.raw
+    assert raw["family"] == 6 and ":" in raw["agent"]["view"]["connection"], _explain(cell)
+    assert raw["agent"]["result"]["data_injections"] == ["hbh+dst", "frag", "hbh+dst"], _explain(cell)
+    assert raw["transfer"]["upload"]["injected_markers"] == 0 and raw["transfer"]["intact"]
+    assert cell.evidence["server_path1_subflow_after"], _explain(cell)
+    assert raw["stats"]["server"].get("unauthenticated_dropped", 0) >= 3, _explain(cell)
+    assert raw["stats"]["client"].get("unauthenticated_dropped", 0) > 0, _explain(cell)  # the RST to the client
+
+
+def test_a_shifted_option_payload_boundary_is_refused(matrix):
+    """Issue 12 item 5: every protected segment the middlebox rewrote (a word moved across the boundary, the MAC
+    option last) fails the v2 MAC at the server; the client's retransmission keeps the stream intact."""
+    cell = matrix[("boundary-shift", "mptcrypt", None)]
+    assert cell.outcome == BLOCKED, _explain(cell)
+    shifted = cell.raw["extra"]["middlebox"]["shifted"]
+    assert shifted > 0, _explain(cell)
+    assert cell.raw["stats"]["server"].get("mac_failures", 0) >= shifted, _explain(cell)
+    assert cell.raw["transfer"]["intact"] and not cell.raw["transfer"]["connection_died"]
+
+
+def test_a_replayed_verified_signal_is_not_acted_on(matrix):
+    """Issue 12 item 9: the victim's own REMOVE_ADDR (MACed, verified once), replayed after data moved on,
+    leaves the re-joined path-2 subflow up, and the server counts it stale."""
+    cell = matrix[("signal-replay", "mptcrypt", None)]
+    assert cell.outcome == BLOCKED, _explain(cell)
+    ev = cell.evidence
+    assert ev["captured"]["mac"] and ev["server_path2_at_replay"] and ev["server_path2_after"], _explain(cell)
+    assert cell.raw["stats"]["server"].get("stale_signals_dropped", 0) > 0, _explain(cell)
