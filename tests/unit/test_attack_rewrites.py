@@ -27,9 +27,12 @@ def kernel_segment(options: bytes, payload: bytes, ts: bool = False) -> bytes:
     return build_ip_header(SRC, DST, len(tcp)) + tcp
 
 
+EXT_SEQ, EXT_ACK = (1 << 32) + 1000, (1 << 32) + 2000  # the extended numbers of the header's seq/ack
+
+
 def sealed(options: bytes, payload: bytes) -> tuple[bytes, PySegmentCipher]:
     secrets = ks.direction_secrets(bytes(range(32)), True)
-    wire = PySegmentCipher(SymCipher.AES128, secrets).seal(kernel_segment(options, payload), 20, 7, 9)
+    wire = PySegmentCipher(SymCipher.AES128, secrets).seal(kernel_segment(options, payload), 20, EXT_SEQ, EXT_ACK)
     return wire, PySegmentCipher(SymCipher.AES128, secrets)
 
 
@@ -48,14 +51,14 @@ def test_a_full_option_area_gives_its_last_word_to_the_payload_and_v2_refuses_it
     assert how == "into payload" and seg.option_len == 36 and seg.payload_len == 68 and seg.has_mac()
     assert v1_mac_input(forged) == v1_mac_input(wire) and len(forged) == len(wire)  # v1 verified it
     assert verify_tcp_checksum(SRC, DST, forged[20:])
-    assert rx.open(wire, 20, 7, 9) is not None and rx.open(forged, 20, 7, 9) is None  # v2 does not
+    assert rx.open(wire, 20, EXT_SEQ, EXT_ACK) is not None and rx.open(forged, 20, EXT_SEQ, EXT_ACK) is None  # v2 does not
 
 
 def test_room_in_the_option_area_takes_the_first_payload_word():
     wire, rx = sealed(b"\x01\x01\x01\x01", os.urandom(32))
     forged, how = shift_boundary(wire)
     assert how == "into options" and parse_segment(forged).payload_len == 28
-    assert v1_mac_input(forged) == v1_mac_input(wire) and rx.open(forged, 20, 7, 9) is None
+    assert v1_mac_input(forged) == v1_mac_input(wire) and rx.open(forged, 20, EXT_SEQ, EXT_ACK) is None
 
 
 def test_segments_without_a_mac_or_payload_are_left_alone():
