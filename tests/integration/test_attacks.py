@@ -180,13 +180,7 @@ def test_far_ahead_join_indexes_are_refused_before_key_work(matrix):
     assert ev["cpu_us_per_syn"] < join_index_dos.COST_BOUND_US, _explain(cell)
 
 
-_FLOOD_STALLS = pytest.mark.xfail(strict=True, reason=(
-    "issue 12 item 6 open: the server daemon absorbs ~14k SYNs/s and shares one queue with the victim's segments; "
-    "under a 20k/s or 220k/s flood the upload falls to 0.01-0.12x (same before the table fix)"))
-
-
-@pytest.mark.parametrize("target,variant", [("plain", None), pytest.param("mptcrypt", "fast", marks=_FLOOD_STALLS),
-                                            pytest.param("mptcrypt", "paced", marks=_FLOOD_STALLS)])
+@pytest.mark.parametrize("target,variant", [("plain", None), ("mptcrypt", "fast"), ("mptcrypt", "paced")])
 def test_a_syn_flood_leaves_the_bulk_transfer_at_least_half_its_throughput(matrix, target, variant):
     """100k spoofed SYN+HELLO and join SYNs during a bulk upload (issue 12 item 6): the upload keeps >= 0.5x its
     rate without the flood, intact; with mptcrypt a new connection after the flood is still protected."""
