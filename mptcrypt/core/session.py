@@ -31,6 +31,9 @@ class Session:
 
     __slots__ = ("chain", "initiator", "pub_cipher", "sym_cipher", "_next_own", "_peer_top", "used", "peer_addr",
                  "resume_ids", "created")
+    # (this worker, workers) of `mptcrypt daemon --workers N`: worker k hands out only the own-parity indices
+    # whose ordinal is k mod N, so two workers never allocate the same index (docs/protocol.md §Workers)
+    LANE = (0, 1)
 
     def __init__(self, ss0: bytes, initiator: bool, pub_cipher, sym_cipher, peer_addr: bytes):
         self.chain = KeyChain(ss0)
@@ -48,8 +51,9 @@ class Session:
         return index % 2 == (1 if self.initiator else 0)
 
     def allocate(self) -> int:
-        """The next unused index of our own parity (for a join or a resumed connection we start)."""
-        while self._next_own in self.used:
+        """The next unused index of our own parity (for a join or a resumed connection we start) in our LANE."""
+        lane, lanes = self.LANE
+        while self._next_own in self.used or (self._next_own - 1) // 2 % lanes != lane:
             self._next_own += 2
         i = self._next_own
         if i > KeyChain.MAX_INDEX:
@@ -67,6 +71,8 @@ class Session:
         self.used[index] = flow
         if not self.own_parity(index) and index > self._peer_top:
             self._peer_top = index
+        elif self.own_parity(index) and index >= self._next_own:  # a sibling worker's: allocate above it
+            self._next_own = index + 2
         return True
 
     def in_join_window(self, index: int) -> bool:

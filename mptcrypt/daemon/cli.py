@@ -80,6 +80,11 @@ def register(sub) -> None:
                    help="check FILE (with the other options applied) and print what it sets, without starting; "
                    f"exit 0 if good, {ConfigError.exit_code} if not")
     p.add_argument("--queue-num", type=int, metavar="N", help="NFQUEUE number (default 4242)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes (default 1, config key `workers`): queues N..N+W-1 of --queue-num, "
+                   "spread by the kernel's --queue-balance hash of the address pair; sessions, tokens and key "
+                   "indices are shared between workers in memory, so joins and resumptions work whichever worker "
+                   "a subflow lands on (docs/protocol.md, Workers). Not with --takeover")
     p.add_argument(
         "--fail-open",
         action="store_true",
@@ -97,7 +102,7 @@ def register(sub) -> None:
         "--takeover",
         action="store_true",
         help="graceful restart: take the live sessions over from the daemon running in this namespace (in memory), "
-        "which then exits leaving its rules in place",
+        "which then exits leaving its rules in place (both daemons with --workers 1: refused otherwise)",
     )
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9464 (`mptcrypt stats --prometheus` "
@@ -165,7 +170,7 @@ def cmd_daemon(args) -> int:
     from mptcrypt.daemon.config import describe, describe_lines, load_config
 
     overrides = dict(ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
-                     resume=args.resume)
+                     resume=args.resume, workers=args.workers)
     if args.check_config is not None:
         config = load_config(args.check_config, **overrides)
         print(f"{args.check_config}: ok")

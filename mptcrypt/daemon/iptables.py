@@ -8,6 +8,9 @@ one). Two chains in the `filter` table, each jumped to from position 1 of its ho
       -o lo -j RETURN                          -i lo -j RETURN
       -p tcp [-m multiport --ports P] -j NFQUEUE --queue-num N [--queue-bypass]
 
+With `--workers W` the target is `--queue-balance N:N+W-1`: the kernel spreads flows over W queues by a hash of
+the address pair (the same in both directions), one worker process per queue (daemon/workers.py).
+
 * The mark rule lets segments the daemon made itself (raw socket with SO_MARK = INJECT_MARK) pass without being
   queued to it a second time.
 * Loopback is NOT protected. Its MTU is 64 KiB and netfilterqueue copies at most 4016 bytes of a packet to user
@@ -95,10 +98,16 @@ def multiport_specs(ports: tuple[tuple[int, int], ...]) -> list[str]:
     return specs
 
 
+def queue_target(queue_num: int, fail_open: bool = False, workers: int = 1) -> str:
+    """The NFQUEUE target: one queue, or `workers` consecutive queues balanced by address pair."""
+    spread = f"--queue-num {queue_num}" if workers == 1 else f"--queue-balance {queue_num}:{queue_num + workers - 1}"
+    return f"-j NFQUEUE {spread}" + (" --queue-bypass" if fail_open else "")
+
+
 def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
-               family: Family = IPV4) -> list[str]:
+               family: Family = IPV4, workers: int = 1) -> list[str]:
     """The `-A`/`-I` lines (iptables-restore syntax) of the daemon's chains and their jumps, in order."""
-    target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
+    target = queue_target(queue_num, fail_open, workers)
     specs = multiport_specs(ports)
     lines: list[str] = []
     for _hook, chain, lo_flag in HOOKS:
@@ -115,9 +124,9 @@ def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_ope
 
 
 def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple[int, int], ...] = (),
-                       fail_open: bool = False, family: Family = IPV4) -> list[str]:
+                       fail_open: bool = False, family: Family = IPV4, workers: int = 1) -> list[str]:
     """The mangle-table lines of gateway mode for the LANs of `family` (see the module docstring)."""
-    target = f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
+    target = queue_target(queue_num, fail_open, workers)
     version = 4 if family is IPV4 else 6
     mine = [str(ipaddress.ip_network(lan, strict=False)) for lan in lans
             if ipaddress.ip_network(lan, strict=False).version == version]
@@ -136,10 +145,10 @@ def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple
 
 
 def install_script(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
-                   family: Family = IPV4, lans: tuple[str, ...] = ()) -> str:
+                   family: Family = IPV4, lans: tuple[str, ...] = (), workers: int = 1) -> str:
     """iptables-restore --noflush input creating both chains (empty) and their rules, in one transaction.
     With `lans`: gateway mode's chains in the mangle table."""
-    return "\n".join(_declarations(lans) + _body(queue_num, ports, fail_open, family, lans) + ["COMMIT", ""])
+    return "\n".join(_declarations(lans) + _body(queue_num, ports, fail_open, family, lans, workers) + ["COMMIT", ""])
 
 
 def _declarations(lans: tuple[str, ...]) -> list[str]:
@@ -147,9 +156,9 @@ def _declarations(lans: tuple[str, ...]) -> list[str]:
     return [f"*{table}"] + [f":{chain} - [0:0]" for _hook, chain, _ in hooks]
 
 
-def _body(queue_num, ports, fail_open, family, lans) -> list[str]:
-    return gateway_rule_lines(queue_num, lans, ports, fail_open, family) if lans else \
-        rule_lines(queue_num, ports, fail_open, family)
+def _body(queue_num, ports, fail_open, family, lans, workers=1) -> list[str]:
+    return gateway_rule_lines(queue_num, lans, ports, fail_open, family, workers) if lans else \
+        rule_lines(queue_num, ports, fail_open, family, workers)
 
 
 def _layout(lans: tuple[str, ...]) -> tuple[str, tuple]:
@@ -180,7 +189,8 @@ def removal_script(save_output: str, lans: tuple[str, ...] = ()) -> str | None:
 
 
 def replace_script(save_output: str, queue_num: int, ports: tuple[tuple[int, int], ...] = (),
-                   fail_open: bool = False, family: Family = IPV4, lans: tuple[str, ...] = ()) -> str:
+                   fail_open: bool = False, family: Family = IPV4, lans: tuple[str, ...] = (),
+                   workers: int = 1) -> str:
     """iptables-restore --noflush input replacing chains already present by ours in ONE transaction: declaring a
     chain flushes it, the old jumps are deleted and the new ones inserted at once. Never a moment without rules
     (a restart or a graceful handover would otherwise let segments of protected connections pass in clear)."""
@@ -191,7 +201,7 @@ def replace_script(save_output: str, queue_num: int, ports: tuple[tuple[int, int
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "-A" and parts[1] not in present and _jumps_to(parts, present):
             deletes.append("-D" + line[2:])
-    body = _body(queue_num, ports, fail_open, family, lans)
+    body = _body(queue_num, ports, fail_open, family, lans, workers)
     return "\n".join(_declarations(lans) + deletes + body + ["COMMIT", ""])
 
 
@@ -206,11 +216,12 @@ class Rules:
     """The daemon's rules in this network namespace for IPv4 and, when ip6tables exists, IPv6."""
 
     def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
-                 lans: tuple[str, ...] = (), require_ipv6: bool = False):
+                 lans: tuple[str, ...] = (), require_ipv6: bool = False, workers: int = 1):
         """`lans`: gateway mode, protect what is forwarded for these networks. `require_ipv6`: a policy requires
         protection, so IPv6 traffic the kernel carries must be intercepted too: without ip6tables the daemon
-        refuses to start instead of leaving IPv6 in clear."""
+        refuses to start instead of leaving IPv6 in clear. `workers`: queues queue_num.. balanced (--workers)."""
         self.queue_num = queue_num
+        self.workers = workers
         self.ports = ports
         self.fail_open = fail_open
         self.lans = tuple(lans)
@@ -251,10 +262,11 @@ class Rules:
                         ", ".join(sorted(present)),
                     )
                     _run([fam.restore, "-w", "--noflush"], fam,
-                         replace_script(save, self.queue_num, self.ports, self.fail_open, fam, self.lans))
+                         replace_script(save, self.queue_num, self.ports, self.fail_open, fam, self.lans,
+                                        self.workers))
                 else:
                     _run([fam.restore, "-w", "--noflush"], fam,
-                         install_script(self.queue_num, self.ports, self.fail_open, fam, self.lans))
+                         install_script(self.queue_num, self.ports, self.fail_open, fam, self.lans, self.workers))
                 self.installed.append(fam)
         except BaseException:
             try:
