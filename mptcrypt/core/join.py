@@ -48,7 +48,7 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
         if sf is None:
             return DROP  # never let a join of a protected connection go out unkeyed
         try:
-            index = conn.session.allocate()
+            index = t.allocate(conn.session)
         except ValueError:
             t.fail(sf, "key chain exhausted")
             return DROP
@@ -131,7 +131,7 @@ def offer_resume(t: Table, sf: Subflow, now: float) -> Session | None:
     if session is None or t.session_expired(session, now):
         return None
     try:
-        index = session.allocate()
+        index = t.allocate(session)
     except ValueError:
         return None
     state.advance(sf, Ev.SEND_SYN_NEXTK1)

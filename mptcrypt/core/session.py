@@ -31,9 +31,6 @@ class Session:
 
     __slots__ = ("chain", "initiator", "pub_cipher", "sym_cipher", "_next_own", "_peer_top", "used", "peer_addr",
                  "resume_ids", "created")
-    # (this worker, workers) of `mptcrypt daemon --workers N`: worker k hands out only the own-parity indices
-    # whose ordinal is k mod N, so two workers never allocate the same index (docs/protocol.md §Workers)
-    LANE = (0, 1)
 
     def __init__(self, ss0: bytes, initiator: bool, pub_cipher, sym_cipher, peer_addr: bytes):
         self.chain = KeyChain(ss0)
@@ -50,9 +47,10 @@ class Session:
     def own_parity(self, index: int) -> bool:
         return index % 2 == (1 if self.initiator else 0)
 
-    def allocate(self) -> int:
-        """The next unused index of our own parity (for a join or a resumed connection we start) in our LANE."""
-        lane, lanes = self.LANE
+    def allocate(self, lane: int = 0, lanes: int = 1) -> int:
+        """The next unused index of our own parity (for a join or a resumed connection we start). With `lanes`
+        workers (`mptcrypt daemon --workers N`), worker `lane` takes only the indices whose ordinal is `lane` mod
+        `lanes`: two workers never allocate the same index (docs/protocol.md §Workers)."""
         while self._next_own in self.used or (self._next_own - 1) // 2 % lanes != lane:
             self._next_own += 2
         i = self._next_own

@@ -69,6 +69,7 @@ class Table:
         # `--workers N`: the sibling workers' replica of session-level state (daemon/workers.py Replica); None: one
         # process. Called where sessions, tokens and key indices change; docs/protocol.md §Workers
         self.sync = None
+        self.lane = (0, 1)  # (this worker, workers): which of the session's own indices this process allocates
 
     # --- events and counters ----------------------------------------------------------------------------
     def event(self, kind: str, key, detail: str = "") -> None:
@@ -227,6 +228,10 @@ class Table:
             if self.sync is not None:
                 self.sync.connection_changed(conn)
         return True
+
+    def allocate(self, session: Session) -> int:
+        """The next own key index of `session` this worker may use (Session.allocate in its lane)."""
+        return session.allocate(*self.lane)
 
     def claim(self, session: Session, index: int, flow) -> bool:
         """Mark key index `index` of `session` used by `flow` (Session.claim), across all workers when several."""

@@ -123,6 +123,7 @@ class Replica:
 
     def attach(self, engine) -> None:
         self.table = engine.replicate(self)
+        self.table.lane = (self.worker, self.workers)
 
     # --- hooks called by the core (mptcrypt/core/table.py, join.py, handshake.py) ---------------------------
     def connection_changed(self, conn: Connection) -> None:
@@ -135,7 +136,7 @@ class Replica:
         self._send(conn_message(self.worker, conn))
 
     def claim(self, session: Session, index: int, flow) -> bool:
-        """Session.claim across workers. Own indices come from this worker's lane (Session.LANE): no sibling can
+        """Session.claim across workers. Own indices come from this worker's lane (Table.lane): no sibling can
         allocate them, so the claim is local. A peer-chosen index is claimed under the shared lock after reading
         every claim the siblings published: two workers never both accept it."""
         if session.own_parity(index) or self.lock is None:
@@ -409,7 +410,6 @@ class Worker:
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)  # the parent orders stop and reload
-        Session.LANE = (self.index, self.count)
         opts = self.options
         lans = tuple(opts.get("gateway_lans", ()))
         keylog = KeyLog(opts["keylog"], PROTOCOL_VERSION) if opts.get("keylog") else None
