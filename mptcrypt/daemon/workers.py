@@ -86,13 +86,16 @@ def decode(data: bytes) -> dict:
     return msg
 
 
-def conn_message(worker: int, conn: Connection) -> dict:
+def conn_message(worker: int, conn: Connection, with_used: bool = True) -> dict:
+    """`with_used`: the session's used indices too (the first time it is published; later claims go one by one:
+    sending them all again would make each message of a long-lived session longer than the last)."""
     s = conn.session
+    session = {"sk": session_key(s), "ss0": s.chain.ss(0).hex(), "initiator": s.initiator, "pub": int(s.pub_cipher),
+               "sym": int(s.sym_cipher), "peer": s.peer_addr.hex(), "created": s.created}
+    if with_used:
+        session["used"] = [[i, _key(f)] for i, f in s.used.items() if i]
     return {
-        "t": "conn", "from": worker,
-        "session": {"sk": session_key(s), "ss0": s.chain.ss(0).hex(), "initiator": s.initiator,
-                    "pub": int(s.pub_cipher), "sym": int(s.sym_cipher), "peer": s.peer_addr.hex(),
-                    "created": s.created, "used": [[i, _key(f)] for i, f in s.used.items() if i]},
+        "t": "conn", "from": worker, "session": session,
         "index": conn.index, "resumed": conn.resumed, "mptcp": conn.mptcp,
         "keys": {k: v.hex() for k, v in conn.keys.items()}, "tokens": list(conn.tokens), "holds": bool(conn.subflows),
     }
@@ -130,10 +133,17 @@ class Replica:
         """A connection was keyed here, or got a token: siblings map its tokens and cache its session."""
         if self._applying:
             return
-        key = self._remember(conn)
-        if conn.subflows:
-            self.holders.setdefault(key, set()).add(self.worker)
-        self._send(conn_message(self.worker, conn))
+        sk = session_key(conn.session)
+        first = sk not in self.sessions
+        if first:
+            self._remember_session(sk, conn.session)
+        elif not conn.tokens:
+            return  # a TCP connection of a session the siblings know: its index claim went out already
+        if conn.tokens:
+            key = self._remember(conn)
+            if conn.subflows:
+                self.holders.setdefault(key, set()).add(self.worker)
+        self._send(conn_message(self.worker, conn, with_used=first))
 
     def claim(self, session: Session, index: int, flow) -> bool:
         """Session.claim across workers. Own indices come from this worker's lane (Table.lane): no sibling can
@@ -235,8 +245,13 @@ class Replica:
                               bytes.fromhex(rec["peer"]))
             session.created = rec["created"]
             self._remember_session(rec["sk"], session)
-        for index, flow in rec["used"]:
+        for index, flow in rec.get("used", ()):
             session.claim(index, _unkey(flow))
+        if fresh and session.peer_addr and t.config.resume:
+            t.cache_session(session, session.peer_addr)
+            t.register_resume(session)
+        if not msg["tokens"]:
+            return  # a TCP connection: its session is all a sibling needs (to resume it)
         key = (rec["sk"], msg["index"])
         conn = self.conns.get(key)
         if conn is None:
@@ -260,9 +275,6 @@ class Replica:
             released = self.held.pop(token, [])
             self.due.extend(released)
             self.counters["joins_released"] += len(released)
-        if fresh and session.peer_addr and t.config.resume:
-            t.cache_session(session, session.peer_addr)
-            t.register_resume(session)
 
     def _apply_claim(self, msg: dict) -> None:
         session = self.sessions.get(msg["sk"])
