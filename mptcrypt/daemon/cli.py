@@ -33,8 +33,10 @@ signals:
   SIGTERM, SIGINT  stop cleanly: rules removed first, packets already queued get their verdict, exit 0
   SIGHUP           reload the configuration (--config file and options): policy, rules, ciphers, limits apply to
                    new connections, live ones keep their keys; a bad file keeps the running configuration and the
-                   log says why; --ports, --queue-num and --fail-open need a restart
+                   log says why; --ports, --queue-num, --workers and --fail-open need a restart
   SIGKILL          no cleanup: the rules stay (fail-closed) until a daemon starts again and replaces them
+  with --workers W, signal the parent (the pid `mptcrypt status` shows): it orders its workers, which ignore
+  these signals themselves (on SIGTERM each resets its protected connections, then the rules go)
 
 exit status:
   0    stopped cleanly, or --check-config found the configuration good
@@ -49,6 +51,7 @@ examples:
   mptcrypt daemon                                   every TCP port, opportunistic
   mptcrypt daemon --ports 22,443,5000-5100 --policy required
   mptcrypt daemon --check-config /etc/mptcrypt.toml
+  mptcrypt daemon --workers 2                       two processes, queues 4242:4243 (--queue-balance)
   ip netns exec h1 mptcrypt daemon --config /etc/mptcrypt.toml -v"""
 
 FIRST_COLUMNS = ("local", "remote", "state", "pub_cipher", "sym_cipher", "sid", "resumed")
@@ -81,7 +84,7 @@ def register(sub) -> None:
                    f"exit 0 if good, {ConfigError.exit_code} if not")
     p.add_argument("--queue-num", type=int, metavar="N", help="NFQUEUE number (default 4242)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes (default 1, config key `workers`): queues N..N+W-1 of --queue-num, "
+                   help="worker processes (default 1, config key `workers`) on queues Q..Q+N-1 of --queue-num Q, "
                    "spread by the kernel's --queue-balance hash of the address pair; sessions, tokens and key "
                    "indices are shared between workers in memory, so joins and resumptions work whichever worker "
                    "a subflow lands on (docs/protocol.md, Workers). Not with --takeover")

@@ -215,3 +215,26 @@ def test_rules_balance_the_queues_of_all_workers():
     assert "-A MPTC-OUT -p tcp -j NFQUEUE --queue-balance 4242:4243 --queue-bypass" in lines
     assert all("--queue-num" not in line for line in lines)
     assert "-A MPTC-OUT -p tcp -j NFQUEUE --queue-num 4242" in rule_lines(4242)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"workers": 0}, "workers must be at least 1, not 0"),
+    ({"workers": 17}, "workers must be between 1 and 16, not 17"),
+    ({"workers": 2, "queue_num": 65534}, "queues 65534..65535 of 2 workers end above 65534: lower queue_num"),
+])
+def test_bad_worker_counts_are_refused_with_a_reason(data, message):
+    from mptcrypt.daemon.config import DaemonConfig, apply
+    from mptcrypt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        apply(DaemonConfig(), data, "f.toml")
+
+
+def test_takeover_with_several_workers_is_refused_clearly(monkeypatch):
+    from mptcrypt.daemon import main
+    from mptcrypt.daemon.config import DaemonConfig
+    from mptcrypt.errors import ConfigError
+
+    monkeypatch.setattr(main.os, "geteuid", lambda: 0)
+    with pytest.raises(ConfigError, match="--takeover needs --workers 1"):
+        main.run_daemon(DaemonConfig(workers=2), takeover=True)
