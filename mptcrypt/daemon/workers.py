@@ -634,6 +634,9 @@ class Coordinator:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         try:
+            from mptcrypt.crypto import segment
+
+            log.info("segment path: %s (%s)", segment.SEGMENT_PATH, segment.SEGMENT_PATH_REASON)
             self._fork_workers(control)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._on_signal)
@@ -733,7 +736,7 @@ class Coordinator:
             if msg is None or not msg.get("ready"):
                 raise MptcryptError(f"worker {k} did not start: {(msg or {}).get('error', 'it exited')}")
             self.info.append({"worker": k, "pid": msg["pid"], "queue": msg["queue"], "backend": msg["backend"]})
-            log.info("worker %d (pid %d) on queue %d, backend %s", k, msg["pid"], msg["queue"], msg["backend"])
+            log.info("worker %d (pid %d) on queue %d; queue backend: %s", k, msg["pid"], msg["queue"], msg["backend"])
 
     def _on_worker(self, k: int) -> None:
         """Between requests a worker only sends events; end of file means it died: stop, fail-closed."""
