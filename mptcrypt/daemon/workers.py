@@ -149,26 +149,22 @@ class Replica:
         """Session.claim across workers. Own indices come from this worker's lane (Table.lane): no sibling can
         allocate them, so the claim is local. A peer-chosen index is claimed under the shared lock after reading
         every claim the siblings published: two workers never both accept it."""
-        if session.own_parity(index) or self.lock is None:
-            ok = session.claim(index, flow)
-        else:
-            if not self.lock.acquire(timeout=LOCK_TIMEOUT):
-                self.counters["claims_lock_timeout"] += 1
-                return False
-            try:
+        shared = not session.own_parity(index) and self.lock is not None
+        if shared and not self.lock.acquire(timeout=LOCK_TIMEOUT):
+            self.counters["claims_lock_timeout"] += 1
+            return False
+        try:
+            if shared:
                 self.counters["claims_locked"] += 1
                 self.drain()
-                ok = session.claim(index, flow)
-                if ok:
-                    self._send({"t": "claim", "from": self.worker, "sk": session_key(session), "index": index,
-                                "flow": _key(flow)})
-                return ok
-            finally:
+            ok = session.claim(index, flow)
+            if ok:
+                self._send({"t": "claim", "from": self.worker, "sk": session_key(session), "index": index,
+                            "flow": _key(flow)})
+            return ok
+        finally:
+            if shared:
                 self.lock.release()
-        if ok:
-            self._send({"t": "claim", "from": self.worker, "sk": session_key(session), "index": index,
-                        "flow": _key(flow)})
-        return ok
 
     def pending(self, token: int) -> None:
         self._send({"t": "pending", "from": self.worker, "token": token})
@@ -475,7 +471,12 @@ class Worker:
 
         now = time.monotonic()
         for packet in packets:
-            res = engine.handle(packet, True, now)
+            try:
+                res = engine.handle(packet, True, now)
+            except Exception as exc:  # as on the queue's path: counted, logged, the packet dropped
+                qworker.counters["nfq_engine_errors"] += 1
+                log.error("engine error on a held join SYN (dropped): %s: %s", type(exc).__name__, exc)
+                continue
             if res.verdict is Verdict.ACCEPT:
                 qworker.inject([res.packet or packet])
             if res.inject:
@@ -618,7 +619,7 @@ class Coordinator:
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def run(self) -> int:
         from mptcrypt.daemon.iptables import Rules
-        from mptcrypt.daemon.main import READY_MARKER
+        from mptcrypt.daemon.main import READY_MARKER, _drain
         from mptcrypt.core.config import Policy
 
         from mptcrypt.daemon.notify import Notifier
@@ -812,11 +813,3 @@ class Coordinator:
             return os.waitpid(self.pids[k], os.WNOHANG)[0] == 0
         except ChildProcessError:
             return False
-
-
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(64):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
