@@ -1,7 +1,7 @@
 """Throughput, connection rate and join latency: plain TCP/MPTCP vs mptcrypt, same topology, same run.
 
     sudo .venv/bin/python bench/bench_throughput.py [--trials 3] [--mib 64] [--conns 200] [--json out.json]
-        [--backends netfilterqueue,batched] [--iperf-seconds 3]
+        [--backends netfilterqueue,batched] [--iperf-seconds 3] [--workers 1,2]
 
 Cases (topologies/two_path.py, medians of --trials, trials of all cases interleaved so machine noise spreads):
   bulk Mbit/s     TCP one path, MPTCP two subflows, with the own traffic tool and with iperf3 (`mptcpize run`
@@ -10,8 +10,11 @@ Cases (topologies/two_path.py, medians of --trials, trials of all cases interlea
   join latency    MPTCP connect -> second subflow established (MPTCP_INFO subflows), plain vs mptcrypt
 Every mptcrypt figure is also given as a ratio to plain from the same run; bulk cases add each daemon's CPU
 seconds per GB moved and packets/s through its queue, and the table says which queue backend and segment path
-the daemons ran (from their start-up log). Prints a table and one JSON object (also written to --json). Not a
-test: nothing here asserts a speed.
+the daemons ran (from their start-up log). `--workers 1,2` runs mptcrypt with each worker count on both daemons
+(`mptcrypt daemon --workers N`; modes "... xN workers"); the kernel spreads flows over workers by address pair, so
+one TCP connection, and every connection of the connection-rate cases (one address pair), stays on one worker;
+the two subflows of the MPTCP case land on different workers when their pairs hash apart. Prints a table and one
+JSON object (also written to --json). Not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -119,9 +122,12 @@ def iperf(net, port, seconds, mptcp) -> tuple[float, int]:
 
 
 def daemon_cpu(pid: int) -> float:
-    """utime + stime of process `pid`, in seconds (/proc; pids are shared across network namespaces)."""
+    """utime + stime of process `pid` and its live children (--workers), in seconds (/proc; pids are shared
+    across network namespaces)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(daemon_cpu(int(child)) for child in children)
 
 
 def measured(net, daemons, run) -> dict:
@@ -167,6 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--joins", type=int, default=30)
     p.add_argument("--backends", default="netfilterqueue,batched", help="queue backends to run mptcrypt with")
     p.add_argument("--iperf-seconds", type=int, default=3)
+    p.add_argument("--workers", default="1", help="worker counts to run mptcrypt with, e.g. 1,2 (daemon --workers)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -181,7 +188,9 @@ def main(argv=None) -> int:
     joins: dict[str, list[float]] = {}
     used: dict[str, str] = {}
     backends = args.backends.split(",")
-    modes = ["plain"] + [f"mptcrypt {b}" for b in backends] + ["mptcrypt fresh"]
+    counts = [int(w) for w in args.workers.split(",")]
+    modes = ["plain"] + [f"mptcrypt {b}" + (f" x{w} workers" if w > 1 else "") for b in backends for w in counts]
+    modes += ["mptcrypt fresh"] + [f"mptcrypt fresh x{w} workers" for w in counts if w > 1]
 
     def add(case, mode, value, extra=None):
         samples.setdefault((case, mode), []).append(value)
@@ -194,12 +203,15 @@ def main(argv=None) -> int:
                 daemons = []
                 try:
                     if mode != "plain":
-                        backend = mode.split()[1] if mode != "mptcrypt fresh" else backends[0]
-                        extra = ["--no-resume"] if mode == "mptcrypt fresh" else []
+                        fresh = mode.startswith("mptcrypt fresh")
+                        backend = backends[0] if fresh else mode.split()[1]
+                        extra = ["--no-resume"] if fresh else []
+                        if mode.endswith(" workers"):
+                            extra += ["--workers", mode.split(" x")[1].split()[0]]
                         daemons = [spawn_in_netns(f"mptc-{h}", "--ports", "5000-5200", "--queue-backend", backend,
                                                   *extra) for h in ("client", "server")]
                         used[mode] = paths_used(daemons)
-                    if mode != "mptcrypt fresh":
+                    if not mode.startswith("mptcrypt fresh"):
                         cases = [("bulk TCP Mbit/s (own tool)", lambda: bulk(net, 5001, args.mib << 20, False)),
                                  ("bulk MPTCP 2 subflows Mbit/s (own tool)", lambda: bulk(net, 5002, args.mib << 20, True)),
                                  ("bulk TCP Mbit/s (iperf3)", lambda: iperf(net, 5003, args.iperf_seconds, False)),
@@ -215,7 +227,7 @@ def main(argv=None) -> int:
                         echo = net["server"].popen([PY, "-c", ECHO_SERVER, str(proto)], stdout=subprocess.PIPE, text=True)
                         echo.stdout.readline()
                         try:
-                            kind = "fresh" if mode == "mptcrypt fresh" else "resumed" if daemons else "plain"
+                            kind = "fresh" if mode.startswith("mptcrypt fresh") else "resumed" if daemons else "plain"
                             if kind == "resumed":  # one full handshake first, so the rest resume
                                 client_script(net, 1, proto, "conns")
                             add(f"{pname} connections/s ({kind})", mode,

@@ -181,6 +181,12 @@ class Engine:
                 self.fast.sync(sf)
         return out
 
+    def replicate(self, sync) -> Table:
+        """`mptcrypt daemon --workers N`: session-level changes also go to `sync` (daemon/workers.py Replica),
+        which applies the sibling workers' changes to the returned table."""
+        self._t.sync = sync
+        return self._t
+
     def export_state(self) -> dict:
         """The live sessions and flows for a successor daemon (graceful restart; core/handover.py). Secret."""
         if self.fast is not None:

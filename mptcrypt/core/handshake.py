@@ -160,6 +160,8 @@ def recv_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
         mptcp.remember_syn_key(sf, seg, local=False)
         if "remote" in hs.mptcp_keys:
             t.pending_joins[mptcp_token(hs.mptcp_keys["remote"])] = sf
+            if t.sync is not None:  # joins of this connection that a sibling worker sees wait for its keys
+                t.sync.pending(mptcp_token(hs.mptcp_keys["remote"]))
         start_init1(t, sf, now)
         return Result(Verdict.ACCEPT, clean_syn(t, seg).packet, inject=[hs.init_segment])
     return plain_or_refuse(t, sf, seg, "peer did not answer with PKCONF")

@@ -39,6 +39,8 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
             # Linux may open the join before our INIT2 arrived: hold it, it leaves with NEXTK1 once the
             # session exists (sent now it would be refused by the peer daemon for lacking NEXTK1)
             return t.hold(first, seg.packet, join=True)
+        if t.sync is not None and t.sync.hold_join(seg.packet, mpj.token, now):
+            return Result(Verdict.HOLD)  # its first subflow is in a sibling worker's handshake
         return ACCEPT  # a join of a connection we do not protect
     seq = seg.seq
     if sf is None or sf.isn_local != seq:
@@ -46,7 +48,7 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
         if sf is None:
             return DROP  # never let a join of a protected connection go out unkeyed
         try:
-            index = conn.session.allocate()
+            index = t.allocate(conn.session)
         except ValueError:
             t.fail(sf, "key chain exhausted")
             return DROP
@@ -54,7 +56,7 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
         sf.isn_local = seq
         sf.out_ref = seq + 1
         _join_subflow(sf, conn, mpj, index)
-        conn.session.claim(index, key)
+        t.claim(conn.session, index, key)
     sf.hs.join_syn = mp_join_bytes(mpj)
     ss = conn.session.chain.ss(sf.index)
     proof = ks.join_proof(ss, False, ks.nextk1_join_context(seq, sf.index, sf.hs.join_syn))
@@ -63,6 +65,8 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
 
 def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOption, now: float) -> Result:
     conn = t.tokens.get(mpj.token)
+    if conn is None and t.sync is not None:
+        conn = t.sync.lookup_token(mpj.token)  # a sibling worker may have keyed it a moment ago
     if conn is None:
         return ACCEPT  # a join of a connection we do not protect
     seq = seg.seq
@@ -77,7 +81,7 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     expect = ks.join_proof(ss, False, ks.nextk1_join_context(seq, msg.index, join_syn))
     if not hmac.compare_digest(msg.proof, expect):
         return refuse_join(t, key, "join SYN whose NEXTK1 proof does not verify")
-    if not conn.session.claim(msg.index, key):
+    if not t.claim(conn.session, msg.index, key):
         return refuse_join(t, key, f"join SYN reusing key index {msg.index}")
     sf = t.new_flow(key, False, Policy.OPPORTUNISTIC, now)
     if sf is None:
@@ -127,7 +131,7 @@ def offer_resume(t: Table, sf: Subflow, now: float) -> Session | None:
     if session is None or t.session_expired(session, now):
         return None
     try:
-        index = session.allocate()
+        index = t.allocate(session)
     except ValueError:
         return None
     state.advance(sf, Ev.SEND_SYN_NEXTK1)
@@ -149,11 +153,13 @@ def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume,
     """Server: a SYN resuming a cached session. None when the id is unknown, the session expired or the proof
     fails (full handshake)."""
     found = t.resume.get(msg.resume_id)
+    if found is None and t.sync is not None:
+        found = t.sync.lookup_resume(msg.resume_id)  # a session a sibling worker made a moment ago
     if found is not None and not t.session_expired(found[0], now):
         session, index = found
         ss = session.chain.ss(index)
         expect = ks.join_proof(ss, False, ks.nextk1_resume_context(seg.seq, msg.resume_id))
-        if hmac.compare_digest(msg.proof, expect) and session.claim(index, key):
+        if hmac.compare_digest(msg.proof, expect) and t.claim(session, index, key):
             state.advance(sf, Ev.RECV_SYN_NEXTK1)
             sf.hs.resume_id = msg.resume_id
             sf.conn = Connection(session, index, resumed=True)
@@ -196,7 +202,7 @@ def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2, now: float) 
     state.advance(sf, Ev.RECV_SYNACK_NEXTK2)
     sf.set_keys(sf.conn, index, sf.conn.session.sym_cipher)
     if not sf.join:
-        sf.conn.session.claim(index, sf.key)
+        t.claim(sf.conn.session, index, sf.key)
         mptcp.remember_syn_key(sf, seg, local=False)
     t.keyed(sf, not sf.join, now)
     return clean_syn(t, seg)

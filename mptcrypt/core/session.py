@@ -47,9 +47,11 @@ class Session:
     def own_parity(self, index: int) -> bool:
         return index % 2 == (1 if self.initiator else 0)
 
-    def allocate(self) -> int:
-        """The next unused index of our own parity (for a join or a resumed connection we start)."""
-        while self._next_own in self.used:
+    def allocate(self, lane: int = 0, lanes: int = 1) -> int:
+        """The next unused index of our own parity (for a join or a resumed connection we start). With `lanes`
+        workers (`mptcrypt daemon --workers N`), worker `lane` takes only the indices whose ordinal is `lane` mod
+        `lanes`: two workers never allocate the same index (docs/protocol.md §Workers)."""
+        while self._next_own in self.used or (self._next_own - 1) // 2 % lanes != lane:
             self._next_own += 2
         i = self._next_own
         if i > KeyChain.MAX_INDEX:
@@ -67,6 +69,8 @@ class Session:
         self.used[index] = flow
         if not self.own_parity(index) and index > self._peer_top:
             self._peer_top = index
+        elif self.own_parity(index) and index >= self._next_own:  # a sibling worker's: allocate above it
+            self._next_own = index + 2
         return True
 
     def in_join_window(self, index: int) -> bool:

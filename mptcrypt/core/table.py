@@ -67,6 +67,10 @@ class Table:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.key_log: Callable[[SubflowKeys], None] | None = None  # key log hook (Engine(key_log=...)); off: None
         self.on_drop: Callable[[Subflow], None] | None = None  # the compiled fast path forgets it (datapath.FastPath)
+        # `--workers N`: the sibling workers' replica of session-level state (daemon/workers.py Replica); None: one
+        # process. Called where sessions, tokens and key indices change; docs/protocol.md §Workers
+        self.sync = None
+        self.lane = (0, 1)  # (this worker, workers): which of the session's own indices this process allocates
 
     # --- events and counters ----------------------------------------------------------------------------
     def event(self, kind: str, key, detail: str = "") -> None:
@@ -115,7 +119,7 @@ class Table:
         conn = sf.conn
         if conn is not None and sf in conn.subflows:
             conn.subflows.remove(sf)
-            if not conn.subflows:
+            if not conn.subflows and (self.sync is None or self.sync.last_subflow_gone(conn)):
                 for t in conn.tokens:
                     if self.tokens.get(t) is conn:
                         del self.tokens[t]
@@ -224,7 +228,19 @@ class Table:
         if token not in conn.tokens:
             conn.tokens.append(token)
             self.tokens[token] = conn
+            if self.sync is not None:
+                self.sync.connection_changed(conn)
         return True
+
+    def allocate(self, session: Session) -> int:
+        """The next own key index of `session` this worker may use (Session.allocate in its lane)."""
+        return session.allocate(*self.lane)
+
+    def claim(self, session: Session, index: int, flow) -> bool:
+        """Mark key index `index` of `session` used by `flow` (Session.claim), across all workers when several."""
+        if self.sync is not None:
+            return self.sync.claim(session, index, flow)
+        return session.claim(index, flow)
 
     def keyed(self, sf: Subflow, resumed: bool, now: float) -> None:
         """A subflow got its keys: register the session for resumption (counted once the packet is handled)."""
@@ -244,6 +260,8 @@ class Table:
             self.register_resume(conn.session)
         self.event("protected", sf.key, f"{'join' if sf.join else 'resumed' if resumed else 'new'} "
                    f"index {sf.index} sid {conn.sid.hex()[:16]}")
+        if self.sync is not None:
+            self.sync.connection_changed(conn)
         if self.key_log is not None:  # --- key log hook: this subflow's traffic keys, for `mptcrypt decrypt` ---
             self.key_log(subflow_keys(sf))
 

@@ -33,8 +33,10 @@ signals:
   SIGTERM, SIGINT  stop cleanly: rules removed first, packets already queued get their verdict, exit 0
   SIGHUP           reload the configuration (--config file and options): policy, rules, ciphers, limits apply to
                    new connections, live ones keep their keys; a bad file keeps the running configuration and the
-                   log says why; --ports, --queue-num and --fail-open need a restart
+                   log says why; --ports, --queue-num, --workers and --fail-open need a restart
   SIGKILL          no cleanup: the rules stay (fail-closed) until a daemon starts again and replaces them
+  with --workers W, signal the parent (the pid `mptcrypt status` shows): it orders its workers, which ignore
+  these signals themselves (on SIGTERM each resets its protected connections, then the rules go)
 
 exit status:
   0    stopped cleanly, or --check-config found the configuration good
@@ -49,6 +51,7 @@ examples:
   mptcrypt daemon                                   every TCP port, opportunistic
   mptcrypt daemon --ports 22,443,5000-5100 --policy required
   mptcrypt daemon --check-config /etc/mptcrypt.toml
+  mptcrypt daemon --workers 2                       two processes, queues 4242:4243 (--queue-balance)
   ip netns exec h1 mptcrypt daemon --config /etc/mptcrypt.toml -v"""
 
 FIRST_COLUMNS = ("local", "remote", "state", "pub_cipher", "sym_cipher", "sid", "resumed")
@@ -81,6 +84,11 @@ def register(sub) -> None:
                    f"exit 0 if good, {ConfigError.exit_code} if not")
     p.add_argument("--queue-num", type=int, metavar="N", help="NFQUEUE number of the segments (default 4242); SYNs and SYN-ACKs use N+1 (the SYN "
                    "lane, drained after the segments: a SYN flood cannot stall established connections)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes (default 1, config key `workers`) on queues Q..Q+N-1 of --queue-num Q, "
+                   "spread by the kernel's --queue-balance hash of the address pair; sessions, tokens and key "
+                   "indices are shared between workers in memory, so joins and resumptions work whichever worker "
+                   "a subflow lands on (docs/protocol.md, Workers). Not with --takeover")
     p.add_argument(
         "--fail-open",
         action="store_true",
@@ -98,7 +106,7 @@ def register(sub) -> None:
         "--takeover",
         action="store_true",
         help="graceful restart: take the live sessions over from the daemon running in this namespace (in memory), "
-        "which then exits leaving its rules in place",
+        "which then exits leaving its rules in place (both daemons with --workers 1: refused otherwise)",
     )
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9464 (`mptcrypt stats --prometheus` "
@@ -166,7 +174,7 @@ def cmd_daemon(args) -> int:
     from mptcrypt.daemon.config import describe, describe_lines, load_config
 
     overrides = dict(ports=args.ports, policy=args.policy, queue_num=args.queue_num, fail_open=args.fail_open,
-                     resume=args.resume)
+                     resume=args.resume, workers=args.workers)
     if args.check_config is not None:
         config = load_config(args.check_config, **overrides)
         print(f"{args.check_config}: ok")

@@ -38,13 +38,15 @@ PUB_CIPHER_NAMES = {"x25519": PubCipher.X25519, "p256": PubCipher.P256, "rsa2048
 SYM_CIPHER_NAMES = {"aes128": SymCipher.AES128, "chacha20": SymCipher.CHACHA20}
 RULE_KEYS = ("peer", "policy", "port")
 # numeric settings: name -> (type, smallest value allowed)
-COUNTS = {"queue_num": 0, "max_connections": 1, "max_held_per_connection": 0, "max_sessions_cached": 0,
+COUNTS = {"queue_num": 0, "workers": 1, "max_connections": 1, "max_held_per_connection": 0, "max_sessions_cached": 0,
           "init_retries": 0, "rekey_bytes": 1}
 SECONDS = {"init_rto": 0.001, "idle_timeout": 0.0, "closed_linger": 0.0, "key_lifetime": 0.0,
            "session_lifetime": 0.0, "rekey_interval": 0.001}
 FLAGS = ("fail_open", "resume", "refuse_downgrade")
 OPTION_NAMES = {"resume": "--no-resume"}  # settings whose command-line option is not --KEY
-MAX_QUEUE_NUM = 65533  # NFQUEUE numbers are 16 bits: queue_num and the SYN lane queue_num + 1 (daemon/lanes.py)
+LAST_QUEUE = 65534  # NFQUEUE numbers are 16 bits; 65535 is taken by --queue-balance ranges
+MAX_QUEUE_NUM = LAST_QUEUE - 1  # queue_num and its SYN lane queue_num + 1 (daemon/lanes.py)
+MAX_WORKERS = 16  # `workers`: processes on queues queue_num .. queue_num + workers - 1, their SYN lanes after (daemon/workers.py)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class DaemonConfig(Config):
 
     ports: tuple[tuple[int, int], ...] = ()  # () = intercept every TCP port
     queue_num: int = DEFAULT_QUEUE_NUM
+    workers: int = 1  # worker processes, one per queue of --queue-balance (daemon/workers.py)
     fail_open: bool = False
     source: str | None = None  # the file it was read from, None: defaults and flags only
 
@@ -158,6 +161,12 @@ def apply(cfg: DaemonConfig, data: dict, where: str) -> DaemonConfig:
             setattr(cfg, key, float(value))
     if not 0 <= cfg.queue_num <= MAX_QUEUE_NUM:
         raise ConfigError(f"{where}: queue_num must be between 0 and {MAX_QUEUE_NUM}")
+    if cfg.workers > MAX_WORKERS:
+        raise ConfigError(f"{where}: workers must be between 1 and {MAX_WORKERS}, not {cfg.workers}")
+    last = cfg.queue_num + 2 * cfg.workers - 1  # the segments' queues, then as many SYN lane queues
+    if last > LAST_QUEUE:
+        raise ConfigError(f"{where}: queues {cfg.queue_num}..{last} of {cfg.workers} workers and their SYN lanes "
+                          f"end above {LAST_QUEUE}: lower queue_num")
     return cfg
 
 
@@ -176,6 +185,7 @@ def describe(cfg: DaemonConfig) -> dict:
     return {
         "config": cfg.source,
         "queue": cfg.queue_num,
+        "workers": cfg.workers,
         "ports": format_ports(cfg.ports),
         "policy": cfg.policy.value,
         "rules": rules,

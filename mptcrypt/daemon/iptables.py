@@ -9,12 +9,15 @@ one). Two chains in the `filter` table, each jumped to from position 1 of its ho
       -p tcp --tcp-flags SYN SYN [ports] -j NFQUEUE --queue-num N+1 [--queue-bypass]   (both chains)
       -p tcp [-m multiport --ports P] -j NFQUEUE --queue-num N [--queue-bypass]
 
-* Two lanes: SYNs and SYN-ACKs go to queue N+1 (`syn_lane_queue`), every other segment to queue N. The daemon
+* Two lanes: SYNs and SYN-ACKs go to queue N+1 (`syn_lane_queue`; N+W.. with W workers), every other segment to queue N. The daemon
   drains queue N first and takes only a short slice of N+1 per wakeup (daemon/lanes.py), so a flood of spoofed
   SYNs fills and overflows the SYN lane (the kernel drops them there) instead of the queue that carries the
   established connections' segments (issue 12 item 6: one shared queue let a 20k SYN/s flood stall a transfer).
   Order within a connection is unaffected: a TCP endpoint sends no other segment of a subflow before its SYN or
   SYN-ACK has been answered, and the daemon's verdict on it comes first.
+
+With `--workers W` the target is `--queue-balance N:N+W-1`: the kernel spreads flows over W queues by a hash of
+the address pair (the same in both directions), one worker process per queue (daemon/workers.py).
 
 * The mark rule lets segments the daemon made itself (raw socket with SO_MARK = INJECT_MARK) pass without being
   queued to it a second time.
@@ -103,13 +106,17 @@ def multiport_specs(ports: tuple[tuple[int, int], ...]) -> list[str]:
     return specs
 
 
-def syn_lane_queue(queue_num: int) -> int:
-    """The queue of SYNs and SYN-ACKs (the SYN lane) next to the segments' queue `queue_num`."""
-    return queue_num + 1
+def queue_target(queue_num: int, fail_open: bool = False, workers: int = 1) -> str:
+    """The NFQUEUE target: one queue, or `workers` consecutive queues balanced by address pair."""
+    spread = f"--queue-num {queue_num}" if workers == 1 else f"--queue-balance {queue_num}:{queue_num + workers - 1}"
+    return f"-j NFQUEUE {spread}" + (" --queue-bypass" if fail_open else "")
 
 
-def _target(queue_num: int, fail_open: bool) -> str:
-    return f"-j NFQUEUE --queue-num {queue_num}" + (" --queue-bypass" if fail_open else "")
+def syn_lane_queue(queue_num: int, workers: int = 1) -> int:
+    """The first queue of the SYN lane (SYNs and SYN-ACKs), after the segments' queues queue_num.. of `workers`.
+    Both rules balance over the same number of queues with the kernel's one hash of the address pair, so worker k
+    gets a flow's SYNs on queue syn_lane_queue + k and its other segments on queue_num + k."""
+    return queue_num + workers
 
 
 def _tcp_matches(ports: tuple[tuple[int, int], ...], syn: bool = False) -> list[str]:
@@ -119,9 +126,10 @@ def _tcp_matches(ports: tuple[tuple[int, int], ...], syn: bool = False) -> list[
 
 
 def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
-               family: Family = IPV4) -> list[str]:
+               family: Family = IPV4, workers: int = 1) -> list[str]:
     """The `-A`/`-I` lines (iptables-restore syntax) of the daemon's chains and their jumps, in order."""
-    target, syn_target = _target(queue_num, fail_open), _target(syn_lane_queue(queue_num), fail_open)
+    target = queue_target(queue_num, fail_open, workers)
+    syn_target = queue_target(syn_lane_queue(queue_num, workers), fail_open, workers)
     tcp, syns = _tcp_matches(ports), _tcp_matches(ports, syn=True)
     lines: list[str] = []
     for _hook, chain, lo_flag in HOOKS:
@@ -136,9 +144,10 @@ def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_ope
 
 
 def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple[int, int], ...] = (),
-                       fail_open: bool = False, family: Family = IPV4) -> list[str]:
+                       fail_open: bool = False, family: Family = IPV4, workers: int = 1) -> list[str]:
     """The mangle-table lines of gateway mode for the LANs of `family` (see the module docstring)."""
-    target, syn_target = _target(queue_num, fail_open), _target(syn_lane_queue(queue_num), fail_open)
+    target = queue_target(queue_num, fail_open, workers)
+    syn_target = queue_target(syn_lane_queue(queue_num, workers), fail_open, workers)
     version = 4 if family is IPV4 else 6
     mine = [str(ipaddress.ip_network(lan, strict=False)) for lan in lans
             if ipaddress.ip_network(lan, strict=False).version == version]
@@ -159,10 +168,10 @@ def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple
 
 
 def install_script(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
-                   family: Family = IPV4, lans: tuple[str, ...] = ()) -> str:
+                   family: Family = IPV4, lans: tuple[str, ...] = (), workers: int = 1) -> str:
     """iptables-restore --noflush input creating both chains (empty) and their rules, in one transaction.
     With `lans`: gateway mode's chains in the mangle table."""
-    return "\n".join(_declarations(lans) + _body(queue_num, ports, fail_open, family, lans) + ["COMMIT", ""])
+    return "\n".join(_declarations(lans) + _body(queue_num, ports, fail_open, family, lans, workers) + ["COMMIT", ""])
 
 
 def _declarations(lans: tuple[str, ...]) -> list[str]:
@@ -170,9 +179,9 @@ def _declarations(lans: tuple[str, ...]) -> list[str]:
     return [f"*{table}"] + [f":{chain} - [0:0]" for _hook, chain, _ in hooks]
 
 
-def _body(queue_num, ports, fail_open, family, lans) -> list[str]:
-    return gateway_rule_lines(queue_num, lans, ports, fail_open, family) if lans else \
-        rule_lines(queue_num, ports, fail_open, family)
+def _body(queue_num, ports, fail_open, family, lans, workers=1) -> list[str]:
+    return gateway_rule_lines(queue_num, lans, ports, fail_open, family, workers) if lans else \
+        rule_lines(queue_num, ports, fail_open, family, workers)
 
 
 def _layout(lans: tuple[str, ...]) -> tuple[str, tuple]:
@@ -203,7 +212,8 @@ def removal_script(save_output: str, lans: tuple[str, ...] = ()) -> str | None:
 
 
 def replace_script(save_output: str, queue_num: int, ports: tuple[tuple[int, int], ...] = (),
-                   fail_open: bool = False, family: Family = IPV4, lans: tuple[str, ...] = ()) -> str:
+                   fail_open: bool = False, family: Family = IPV4, lans: tuple[str, ...] = (),
+                   workers: int = 1) -> str:
     """iptables-restore --noflush input replacing chains already present by ours in ONE transaction: declaring a
     chain flushes it, the old jumps are deleted and the new ones inserted at once. Never a moment without rules
     (a restart or a graceful handover would otherwise let segments of protected connections pass in clear)."""
@@ -214,7 +224,7 @@ def replace_script(save_output: str, queue_num: int, ports: tuple[tuple[int, int
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "-A" and parts[1] not in present and _jumps_to(parts, present):
             deletes.append("-D" + line[2:])
-    body = _body(queue_num, ports, fail_open, family, lans)
+    body = _body(queue_num, ports, fail_open, family, lans, workers)
     return "\n".join(_declarations(lans) + deletes + body + ["COMMIT", ""])
 
 
@@ -229,11 +239,12 @@ class Rules:
     """The daemon's rules in this network namespace for IPv4 and, when ip6tables exists, IPv6."""
 
     def __init__(self, queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_open: bool = False,
-                 lans: tuple[str, ...] = (), require_ipv6: bool = False):
+                 lans: tuple[str, ...] = (), require_ipv6: bool = False, workers: int = 1):
         """`lans`: gateway mode, protect what is forwarded for these networks. `require_ipv6`: a policy requires
         protection, so IPv6 traffic the kernel carries must be intercepted too: without ip6tables the daemon
-        refuses to start instead of leaving IPv6 in clear."""
+        refuses to start instead of leaving IPv6 in clear. `workers`: queues queue_num.. balanced (--workers)."""
         self.queue_num = queue_num
+        self.workers = workers
         self.ports = ports
         self.fail_open = fail_open
         self.lans = tuple(lans)
@@ -274,10 +285,11 @@ class Rules:
                         ", ".join(sorted(present)),
                     )
                     _run([fam.restore, "-w", "--noflush"], fam,
-                         replace_script(save, self.queue_num, self.ports, self.fail_open, fam, self.lans))
+                         replace_script(save, self.queue_num, self.ports, self.fail_open, fam, self.lans,
+                                        self.workers))
                 else:
                     _run([fam.restore, "-w", "--noflush"], fam,
-                         install_script(self.queue_num, self.ports, self.fail_open, fam, self.lans))
+                         install_script(self.queue_num, self.ports, self.fail_open, fam, self.lans, self.workers))
                 self.installed.append(fam)
         except BaseException:
             try:

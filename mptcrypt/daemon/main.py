@@ -56,7 +56,7 @@ READY_MARKER = "mptcrypt daemon ready"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # clean stop: rules removed, queue drained
 RELOAD_SIGNAL = signal.SIGHUP  # read the configuration again (the usual daemon convention)
 # settings bound into the iptables rules and the queue at start-up: a reload cannot change them
-RESTART_ONLY = ("ports", "queue_num", "fail_open")
+RESTART_ONLY = ("ports", "queue_num", "fail_open", "workers")
 LOOP_CAP = 1.0  # longest sleep of the loop (seconds)
 CONTROL_TICK = 5.0  # how often idle control connections are reaped
 VERBOSE_STATS_EVERY = 10.0  # with -v: a counters line this often, when they changed
@@ -444,5 +444,13 @@ def run_daemon(config: DaemonConfig, verbose: bool = False, loader: Callable[[],
             "run `mptcrypt daemon` as root, or `ip netns exec NS mptcrypt daemon` as root for a namespace"
         )
     setup_logging(verbose)
+    if config.workers > 1:  # N processes over --queue-balance (daemon/workers.py)
+        from mptcrypt.daemon.workers import Coordinator
+
+        if takeover:
+            raise ConfigError(f"--takeover needs --workers 1 (this configuration asks for {config.workers}): a "
+                              "graceful restart hands one engine's state to one engine")
+        return Coordinator(config, config.workers, loader=loader, queue_backend=queue_backend,
+                           gateway_lans=gateway_lans, **options).run()
     return Daemon(config, verbose=verbose, loader=loader, takeover=takeover, queue_backend=queue_backend,
                   gateway_lans=gateway_lans, **options).run()

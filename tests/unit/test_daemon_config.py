@@ -40,7 +40,7 @@ policy = "off"
 
 KNOWN = ("closed_linger, fail_open, idle_timeout, init_retries, init_rto, key_lifetime, max_connections, "
          "max_held_per_connection, max_sessions_cached, policy, ports, pub_ciphers, queue_num, refuse_downgrade, "
-         "rekey_bytes, rekey_interval, resume, rule, session_lifetime, sym_ciphers")
+         "rekey_bytes, rekey_interval, resume, rule, session_lifetime, sym_ciphers, workers")
 
 # file text -> the one line after "mptcrypt: error: FILE: "
 BAD_FILES = [
