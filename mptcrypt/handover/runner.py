@@ -307,10 +307,12 @@ class Run:
             dev = self._peer_name(intf)
             path = os.path.join(self.out_dir, f"{self.scenario.name}-{self.target}-{dev}.pcap")
             proc = self.net[SERVER].popen(["tcpdump", "-i", dev, "-s", "160", "-U", "-w", path, "tcp"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             self.captures.append(proc)
             self.pcaps.append(path)
-        time.sleep(0.5)  # tcpdump needs a moment before it sees packets
+            line = proc.stderr.readline()  # "listening on DEV ...": from here on it sees every packet
+            if "listening" not in line:
+                raise MptcryptError(f"tcpdump on server:{dev} did not start: {line.strip() or proc.stderr.read()}")
 
     def _poll_sessions(self) -> None:
         ctl = self.controls[MOBILE]
@@ -333,8 +335,8 @@ class Run:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         while True:
             rows = conn_rows(self.controls[MOBILE].sessions(), workload.BULK_PORT)
-            if rows and rows[0].get("protected"):
-                time.sleep(0.2)  # let the server finish its side (it keys on INIT1, before the client)
+            server_rows = conn_rows(self.controls[SERVER].sessions(), workload.BULK_PORT)
+            if rows and rows[0].get("protected") and server_rows and server_rows[0].get("protected"):
                 return {h: _pick(self.controls[h].stats()) for h in (MOBILE, SERVER)}
             if time.monotonic() > deadline:
                 raise MptcryptError(f"the bulk connection was not protected within {HANDSHAKE_TIMEOUT:g} s: {rows}")
@@ -387,8 +389,6 @@ class Run:
                 baseline = None
                 if self.target == "mptcrypt":
                     baseline = self._wait_handshake()
-                else:
-                    time.sleep(0.2)  # the same pause the handshake wait takes
                 mobile_lines.send("rr")
                 rr_line = mobile_lines.expect("rr")
                 t_rr = time.monotonic()
