@@ -8,6 +8,9 @@ goodput, `queue ms`: mean queueing delay in the bulk sender's shaped queue befor
 TCP retransmissions of the bulk subflows, subflows created/closed, PK ops after the first handshake, session
 ID unchanged, resumption from the new address) and writes DIR/bench_handover.json (every run) plus, for the
 first repetition, DIR/SCENARIO.png and DIR/SCENARIO.json.
+`--control` adds a third target, `plain-no-ts`: plain MPTCP with TCP timestamps off in both kernels (topology
+timestamps=false), the option set mptcrypt leaves its kernels (their 12 bytes go to the MAC). What mptcrypt loses
+against `plain` but not against `plain-no-ts` is the kernels' loss of timestamps, not the daemons' doing.
 Numbers are from a shared 2-vCPU VM: compare plain and mptcrypt within one run, not across runs.
 """
 
@@ -19,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -28,6 +32,7 @@ from mptcrypt.handover.runner import run_scenario  # noqa: E402
 from mptcrypt.handover.scenario import load_scenario, scenario_files  # noqa: E402
 
 TARGETS = ["plain", "mptcrypt"]
+CONTROL = "plain-no-ts"  # plain MPTCP, TCP timestamps off in both kernels
 
 
 def _num(run: dict, path: tuple) -> float | None:
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cc", metavar="NAME", help="TCP congestion control in both hosts (default: the machine's)")
     p.add_argument("--no-delay", action="store_true",
                    help="links without delay (microsecond RTTs) instead of the topology's Wi-Fi/LTE delays")
+    p.add_argument("--control", action="store_true",
+                   help=f"also run {CONTROL}: plain MPTCP with TCP timestamps off in both kernels, as under mptcrypt")
     p.add_argument("--nat", action="store_true",
                    help="both networks rewrite the mobile's source ports, as carrier NAT does (topology nat=True)")
     args = p.parse_args(argv)
@@ -94,27 +101,32 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_handover needs root (network namespaces)", file=sys.stderr)
         return 77
     names = args.scenarios.split(",") if args.scenarios else list(scenario_files())
+    targets = TARGETS + [CONTROL] * args.control
     os.makedirs(args.out, exist_ok=True)
     results: dict = {"started": time.time(), "cc": args.cc or "machine default", "scenarios": {},
                      "link_delay": "none" if args.no_delay else "topology defaults (Wi-Fi 10 ms, LTE 40 ms one way)",
-                     "nat": bool(args.nat)}
+                     "nat": bool(args.nat), "targets": targets}
     for name in names:
         sc = load_scenario(name)
         if args.no_delay:
             sc.topo_args.update(wifi_delay=None, lte_delay=None)
         if args.nat:
             sc.topo_args["nat"] = True
+        control = replace(sc, name=f"{sc.name}-no-ts", topo_args={**sc.topo_args, "timestamps": False})
         reps = []
         for i in range(args.repeat):
             print(f"== {name} ({i + 1}/{args.repeat})", file=sys.stderr)
             summary = run_scenario(sc, TARGETS, args.out, log=lambda m: print(m, file=sys.stderr), cc=args.cc)
+            if args.control:
+                ctl = run_scenario(control, ["plain"], args.out, log=lambda m: print(m, file=sys.stderr), cc=args.cc)
+                summary["targets"][CONTROL] = ctl["targets"]["plain"]
             if i == 0:
                 plot_summary(summary, os.path.join(args.out, f"{name}.png"))
                 with open(os.path.join(args.out, f"{name}.json"), "w") as fh:
                     json.dump(summary, fh)
-            reps.append({t: extract(summary["targets"][t]) for t in TARGETS})
+            reps.append({t: extract(summary["targets"][t]) for t in targets})
         agg = {}
-        for t in TARGETS:
+        for t in targets:
             runs = [r[t] for r in reps if r[t].get("ok")]
             agg[t] = {m: median([r.get(m) for r in runs]) for m in METRICS}
             agg[t]["ok_runs"] = len(runs)
@@ -144,7 +156,7 @@ def print_table(results: dict) -> None:
             "queue ms", "retrans", "sf +/-", "PK after 1st", "sid same", "resumed", "checks"]
     rows = []
     for name, r in results["scenarios"].items():
-        for t in TARGETS:
+        for t in results["targets"]:
             a = r["median"][t]
             rows.append([
                 name, t, _c(a["stall_ms"]), _c(a["p50_ms"], "{:.1f}"), _c(a["p95_ms"], "{:.1f}"),

@@ -14,7 +14,9 @@ wifi_loss, lte_loss (%), wifi_delay, lte_delay (one way, each direction: Wi-Fi ~
 by default, so a round trip takes ~20 / ~80 ms as on real networks; `None` or "none" builds the link without
 a delay line, microseconds of RTT), nat: both networks rewrite the mobile's source ports as a carrier NAT does
 (`MASQUERADE --random-fully` on wifi and lte, in the mobile's namespace after its daemon's OUTPUT hook: the daemon
-and the server see different ports, as across a NAT router; addresses stay, so the link events work unchanged).
+and the server see different ports, as across a NAT router; addresses stay, so the link events work unchanged),
+timestamps / sack (default true): false turns TCP timestamps (SACK) off in both kernels, so plain MPTCP runs with
+the option set mptcrypt leaves its kernels (no timestamps: their bytes go to the MAC): a control experiment.
 """
 
 try:
@@ -26,13 +28,17 @@ MPTCP_LIMITS = {"subflows": 2, "add_addr_accepted": 2}
 
 
 class HandoverTopo(Topo):
-    def build(self, wifi_bw=50, lte_bw=20, wifi_loss=0, lte_loss=0, wifi_delay="10ms", lte_delay="40ms", nat=False):
-        nat = str(nat).lower() in ("1", "true", "yes") if not isinstance(nat, bool) else nat
+    def build(self, wifi_bw=50, lte_bw=20, wifi_loss=0, lte_loss=0, wifi_delay="10ms", lte_delay="40ms", nat=False,
+              timestamps=True, sack=True):
+        nat, timestamps, sack = (_flag(v) for v in (nat, timestamps, sack))
+        # both hosts' kernels, for plain MPTCP with mptcrypt's option set (no TCP timestamps, or no SACK either)
+        sysctls = {**({} if timestamps else {"net.ipv4.tcp_timestamps": 0}), **({} if sack else {"net.ipv4.tcp_sack": 0})}
         mobile = self.addHost(
             "mobile",
             commands=[f"iptables -t nat -A POSTROUTING -o {dev} -j MASQUERADE --random-fully"
                       for dev in ("wifi", "lte")] if nat else [],
             defaultRoute="via 10.0.1.1 dev wifi",
+            sysctls=sysctls,
             mptcp={
                 "enabled": True,
                 "limits": MPTCP_LIMITS,
@@ -42,7 +48,7 @@ class HandoverTopo(Topo):
                 ],
             },
         )
-        server = self.addHost("server", mptcp={"enabled": True, "limits": MPTCP_LIMITS})
+        server = self.addHost("server", sysctls=sysctls, mptcp={"enabled": True, "limits": MPTCP_LIMITS})
         self.addLink(
             mobile, server, intfName1="wifi", intfName2="s-wifi",
             params1={"ip": "10.0.1.2/24", "gw": "10.0.1.1"}, params2={"ip": "10.0.1.1/24"},
@@ -53,6 +59,10 @@ class HandoverTopo(Topo):
             params1={"ip": "10.0.2.2/24", "gw": "10.0.2.1"}, params2={"ip": "10.0.2.1/24"},
             bw=lte_bw, loss=lte_loss, **_delay(lte_delay),
         )
+
+
+def _flag(value) -> bool:
+    return str(value).lower() in ("1", "true", "yes") if not isinstance(value, bool) else value
 
 
 def _delay(value):

@@ -49,7 +49,7 @@ class Config:
     max_connections: int = 65536
     max_held_per_connection: int = 64
     max_sessions_cached: int = 4096
-    init_rto: float = 0.2  # first INIT1/INIT2 retransmission timeout, doubled each try
+    init_rto: float = 0.1  # floor of the first INIT1/INIT2 retransmission timeout (3 x the SYN RTT), doubled each try
     init_retries: int = 6
     idle_timeout: float = 600.0  # reclaim a silent connection after this long
     closed_linger: float = 10.0  # keep keys this long after FIN/RST so late segments still verify

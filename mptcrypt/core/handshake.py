@@ -30,6 +30,7 @@ def send_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
         return ACCEPT
     seq = seg.seq
     if sf is not None and sf.isn_local == seq and sf.state in state.SYN_SENT:
+        sf.hs.syn_sent = None  # no RTT sample from a retransmitted SYN (Karn)
         return rewrite_syn(t, seg, sf)  # kernel SYN retransmission
     sf = t.new_flow(key, True, policy, now)
     if sf is None:  # table full: never a plain connection where protection is required
@@ -39,6 +40,7 @@ def send_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
     sf.isn_local = seq
     sf.out_ref = seq + 1
     sf.mptcp = bool(seg.mptcp())
+    sf.hs.syn_sent = now
     return rewrite_syn(t, seg, sf)
 
 
@@ -111,6 +113,7 @@ def unknown_flow(t: Table, key, seg: Segment, outbound: bool) -> Result:
 def send_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     if sf.state is state.State.PLAIN or sf.initiator:
         return ACCEPT
+    sf.hs.syn_sent = now if sf.isn_local is None else None  # a retransmitted SYN-ACK gives no sample (Karn)
     sf.isn_local = seg.seq
     sf.out_ref = max(sf.out_ref, seg.seq + 1)
     ev = state.synack_event(sf)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 
-from mptcrypt.constants import TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP
+from mptcrypt.constants import TCPOPT_TIMESTAMP
 from mptcrypt.core import mptcp, state
 from mptcrypt.core.config import Policy
 from mptcrypt.core.events import ACCEPT, DROP, Result, Verdict
@@ -60,7 +60,7 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     sf.hs.join_syn = mp_join_bytes(mpj)
     ss = conn.session.chain.ss(sf.index)
     proof = ks.join_proof(ss, False, ks.nextk1_join_context(seq, sf.index, sf.hs.join_syn))
-    return rewritten(t, seg, add=m.NextK1Join(sf.index, proof).encode(), strip=(TCPOPT_TIMESTAMP, TCPOPT_SACK_PERM))
+    return rewritten(t, seg, add=m.NextK1Join(sf.index, proof).encode(), strip=(TCPOPT_TIMESTAMP,))
 
 
 def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOption, now: float) -> Result:
@@ -92,7 +92,7 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     _join_subflow(sf, conn, mpj, msg.index)
     sf.hs.join_syn = join_syn
     t.register_resume(conn.session)
-    return clean_syn(t, seg, keep_sack=False)
+    return clean_syn(t, seg)
 
 
 def _join_subflow(sf: Subflow, conn, mpj: MptcpOption, index: int) -> None:

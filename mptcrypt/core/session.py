@@ -106,8 +106,8 @@ class Handshake:
     """A subflow's handshake scratch: held segments, the INIT message and its timer, the client's key pair.
     Nothing on the hot path reads it."""
 
-    __slots__ = ("held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "client_key", "n_c",
-                 "pub_list", "pub_cipher", "mptcp_keys", "join_syn", "resume_id")
+    __slots__ = ("held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "syn_sent", "rtt",
+                 "client_key", "n_c", "pub_list", "pub_cipher", "mptcp_keys", "join_syn", "resume_id")
 
     def __init__(self):
         self.held: list[bytes] = []
@@ -117,6 +117,8 @@ class Handshake:
         self.timer: float | None = None
         self.rto = 0.0
         self.tries = 0
+        self.syn_sent: float | None = None  # when our SYN (SYN-ACK) left; None once retransmitted (Karn's rule)
+        self.rtt: float | None = None  # the sample the INIT timer was armed with
         self.client_key = None
         self.n_c = b""
         self.pub_list = b""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mptcrypt.constants import TCPOPT_EXP, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP
+from mptcrypt.constants import TCPOPT_EXP, TCPOPT_TIMESTAMP
 from mptcrypt.core.events import Result, Verdict
 from mptcrypt.core.table import Table
 from mptcrypt.wire import rewrite
@@ -25,9 +25,8 @@ def rewritten(t: Table, seg: Segment, add: bytes = b"", strip=(), clamp: bool = 
     return Result(Verdict.ACCEPT, packet)
 
 
-def clean_syn(t: Table, seg: Segment, keep_sack: bool = True) -> Result:
+def clean_syn(t: Table, seg: Segment) -> Result:
     """Inbound SYN or SYN-ACK for our kernel: no timestamps (their 12 bytes go to the MAC), no mptcrypt
-    option, MSS clamped. SACK-permitted stays (loss recovery; the data path trims SACK blocks to fit the MAC)
-    except on joins, whose SYN-ACK has no room for it beside MP_JOIN and NEXTK2 (docs/option-budget.md)."""
-    strip = (TCPOPT_TIMESTAMP, TCPOPT_EXP) if keep_sack else (TCPOPT_TIMESTAMP, TCPOPT_EXP, TCPOPT_SACK_PERM)
-    return rewritten(t, seg, strip=strip, clamp=True)
+    option, MSS clamped. SACK-permitted stays, on joins too (loss recovery after a handover; the data path trims
+    SACK blocks to fit the MAC, docs/option-budget.md)."""
+    return rewritten(t, seg, strip=(TCPOPT_TIMESTAMP, TCPOPT_EXP), clamp=True)

@@ -26,6 +26,10 @@ RESUME_WINDOW = 4  # resumption ids registered ahead per cached session
 MAX_TOMBSTONES = 65536  # 4-tuples of protected flows the table forgot (each ~100 bytes)
 HALF_OPEN_TIMEOUT = 75.0  # a flow still before keys is reclaimed after this long (Linux SYN-RECV: ~63 s)
 SWEEP_INTERVAL = 1.0
+# First INIT1/INIT2 retransmission timeout from one RTT sample, RFC 6298 §2.2: SRTT + 4 x RTTVAR = 3 x R
+INIT_RTO_RTT_FACTOR = 3.0
+INIT_RTO_NO_SAMPLE = 1.0  # RFC 6298 §2.1, when Karn's rule leaves no sample (our SYN or SYN-ACK was retransmitted)
+INIT_RTO_MAX = 3.0  # an RTT sample inflated by a stalled daemon must not leave a lost INIT waiting longer
 MAX_EVENTS = 1024
 
 COUNTERS = (
@@ -39,6 +43,13 @@ COUNTERS = (
     "syn_data_removed", "stale_signals_dropped", "downgrades_detected", "sessions_expired",
     "rekeys_sent", "rekeys_followed",
 )
+
+
+def init_rto(floor: float, rtt: float | None) -> float:
+    """The first INIT retransmission timeout for an RTT sample (None: no valid sample)."""
+    if rtt is None:
+        return max(floor, INIT_RTO_NO_SAMPLE)
+    return min(max(floor, INIT_RTO_RTT_FACTOR * rtt), max(floor, INIT_RTO_MAX))
 
 
 class Table:
@@ -188,8 +199,12 @@ class Table:
         return Result(Verdict.HOLD)
 
     def arm(self, sf: Subflow, now: float) -> None:
+        """Start the INIT1 (client) or INIT2 (server) retransmission timer. The RTT sample is the time since our
+        SYN (client: the SYN-ACK came back) or SYN-ACK (server: INIT1 came back) left, so the timer never fires
+        on a long path before the answer can be back, and fires early on a short one."""
         hs = sf.hs
-        hs.rto = self.config.init_rto
+        hs.rtt = None if hs.syn_sent is None else now - hs.syn_sent
+        hs.rto = init_rto(self.config.init_rto, hs.rtt)
         hs.tries = 0
         hs.timer = now + hs.rto
         self.timed.add(sf)

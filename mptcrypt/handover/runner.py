@@ -176,8 +176,14 @@ class RunState:
     initial: dict[str, str]
     addr_intf: dict[str, str] = field(default_factory=dict)  # every address ever used -> intf
     endpoint_ids: dict[str, int] = field(default_factory=dict)  # intf -> MPTCP endpoint id (kept across removal)
-    shaping: dict[str, dict[str, Any]] = field(default_factory=dict)  # intf -> topology's bw/loss
+    shaping: dict[str, dict[str, Any]] = field(default_factory=dict)  # intf -> topology's bw/loss/delay/jitter
     up: dict[str, bool] = field(default_factory=dict)
+    delay_changed: set[str] = field(default_factory=set)  # intfs whose delay lines a degrade changed
+
+
+def _shaping(sh) -> dict[str, Any]:
+    """What `restore` sets an interface back to: the topology's bandwidth, loss, delay and jitter (ms)."""
+    return {"bw": sh.bw, "loss": sh.loss, "delay": sh.delay_us / 1000, "jitter": sh.jitter_us / 1000}
 
 
 class Run:
@@ -243,10 +249,15 @@ class Run:
     def apply(self, ev: Event) -> None:
         net, st = self.net, self.state
         if ev.action == "degrade":
-            params = {k: getattr(ev, k) for k in ("loss", "bw") if getattr(ev, k) is not None}
+            params = {k: getattr(ev, k) for k in ("loss", "bw", "delay", "jitter") if getattr(ev, k) is not None}
             net.set_link(MOBILE, SERVER, intf=ev.intf, **params)
+            if params.keys() & {"delay", "jitter"}:
+                st.delay_changed.add(ev.intf)
         elif ev.action == "restore":
-            net.set_link(MOBILE, SERVER, intf=ev.intf, **st.shaping[ev.intf])
+            shaping = st.shaping[ev.intf]
+            keep = ("bw", "loss") + (("delay", "jitter") if ev.intf in st.delay_changed else ())
+            net.set_link(MOBILE, SERVER, intf=ev.intf, **{k: shaping[k] for k in keep})
+            st.delay_changed.discard(ev.intf)
         elif ev.action == "down":
             net.link_down(MOBILE, SERVER, intf=ev.intf)
             st.up[ev.intf] = False
@@ -296,10 +307,12 @@ class Run:
             dev = self._peer_name(intf)
             path = os.path.join(self.out_dir, f"{self.scenario.name}-{self.target}-{dev}.pcap")
             proc = self.net[SERVER].popen(["tcpdump", "-i", dev, "-s", "160", "-U", "-w", path, "tcp"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             self.captures.append(proc)
             self.pcaps.append(path)
-        time.sleep(0.5)  # tcpdump needs a moment before it sees packets
+            line = proc.stderr.readline()  # "listening on DEV ...": from here on it sees every packet
+            if "listening" not in line:
+                raise MptcryptError(f"tcpdump on server:{dev} did not start: {line.strip() or proc.stderr.read()}")
 
     def _poll_sessions(self) -> None:
         ctl = self.controls[MOBILE]
@@ -322,8 +335,8 @@ class Run:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         while True:
             rows = conn_rows(self.controls[MOBILE].sessions(), workload.BULK_PORT)
-            if rows and rows[0].get("protected"):
-                time.sleep(0.2)  # let the server finish its side (it keys on INIT1, before the client)
+            server_rows = conn_rows(self.controls[SERVER].sessions(), workload.BULK_PORT)
+            if rows and rows[0].get("protected") and server_rows and server_rows[0].get("protected"):
                 return {h: _pick(self.controls[h].stats()) for h in (MOBILE, SERVER)}
             if time.monotonic() > deadline:
                 raise MptcryptError(f"the bulk connection was not protected within {HANDSHAKE_TIMEOUT:g} s: {rows}")
@@ -334,6 +347,7 @@ class Run:
         from mptcrypt.topo.subflows import mptcp_counters
 
         sc = self.scenario
+        sc.check_delay_lines()  # again: the caller may have changed topo_args (bench --no-delay)
         os.makedirs(self.out_dir, exist_ok=True)
         topo, name, args, kwargs = load_topo(str(TOPOLOGY_FILE), sc.topo_spec)
         self.net = net = Net(topo, source={"file": str(TOPOLOGY_FILE), "topo": name, "args": args,
@@ -346,7 +360,7 @@ class Run:
             initial = {i.name: str(i.addr.ip) for i in mplan.intfs if i.addr is not None}
             self.state = RunState(addrs=dict(initial), initial=dict(initial),
                                   addr_intf={a: i for i, a in initial.items()},
-                                  shaping={i.name: {"bw": i.shaping.bw, "loss": i.shaping.loss} for i in mplan.intfs},
+                                  shaping={i.name: _shaping(i.shaping) for i in mplan.intfs},
                                   up={i.name: True for i in mplan.intfs})
             if self.target == "mptcrypt":
                 from mptcrypt.topo.daemons import spawn_in_netns
@@ -375,8 +389,6 @@ class Run:
                 baseline = None
                 if self.target == "mptcrypt":
                     baseline = self._wait_handshake()
-                else:
-                    time.sleep(0.2)  # the same pause the handshake wait takes
                 mobile_lines.send("rr")
                 rr_line = mobile_lines.expect("rr")
                 t_rr = time.monotonic()

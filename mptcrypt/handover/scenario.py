@@ -18,13 +18,15 @@ A scenario file::
     intf = "wifi"
     loss = 3                 # percent, both directions
     bw = 5                   # Mbit/s
+    delay = "60ms"           # one way, each direction (also jitter = "5ms"); a number is milliseconds
 
 Actions (`intf` is a mobile interface: `wifi` or `lte`):
 
 | action     | fields                          | what happens                                                     |
 |------------|---------------------------------|------------------------------------------------------------------|
-| `degrade`  | `loss` (%), `bw` (Mbit/s)       | `Net.set_link` on that link (both ends)                          |
-| `restore`  |                                 | the link's bandwidth and loss from the topology                  |
+| `degrade`  | `loss` (%), `bw` (Mbit/s),      | `Net.set_link` on that link (both ends); delay and jitter change |
+|            | `delay`, `jitter` (one way)     | the link's delay lines at run time                               |
+| `restore`  |                                 | the link's bandwidth, loss, delay and jitter from the topology   |
 | `down`     |                                 | `Net.link_down`                                                  |
 | `up`       | `addr`, `gw`, `server_addr`     | `Net.link_up`; with `addr`, the interface comes back with a new  |
 |            |                                 | address (`Net.set_addr`: the MPTCP endpoint follows, new subflow)|
@@ -47,17 +49,19 @@ from pathlib import Path
 from typing import Any
 
 from mptcrypt.errors import ConfigError
+from mptcrypt.topo.spec import parse_time_us
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO_DIR = REPO / "topologies" / "scenarios"
 TOPOLOGY_FILE = REPO / "topologies" / "handover.py"
 
 INTERFACES = ("wifi", "lte")
-TOPO_KEYS = frozenset({"wifi_bw", "lte_bw", "wifi_loss", "lte_loss", "wifi_delay", "lte_delay", "nat"})
+TOPO_KEYS = frozenset({"wifi_bw", "lte_bw", "wifi_loss", "lte_loss", "wifi_delay", "lte_delay", "nat",
+                       "timestamps", "sack"})
 DIRECTIONS = ("up", "down")
 ACTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # action: (required fields, optional fields) besides at/action/intf/label
-    "degrade": (frozenset(), frozenset({"loss", "bw"})),
+    "degrade": (frozenset(), frozenset({"loss", "bw", "delay", "jitter"})),
     "restore": (frozenset(), frozenset()),
     "down": (frozenset(), frozenset()),
     "up": (frozenset(), frozenset({"addr", "gw", "server_addr"})),
@@ -80,6 +84,8 @@ class Event:
     at: float | None = None
     loss: float | None = None
     bw: float | None = None
+    delay: float | None = None  # ms, one way
+    jitter: float | None = None  # ms
     addr: str | None = None
     gw: str | None = None
     server_addr: str | None = None
@@ -93,7 +99,9 @@ class Event:
             return self.label
         a, i = self.action, self.intf
         if a == "degrade":
-            parts = [f"loss {self.loss:g}%" if self.loss is not None else "", f"{self.bw:g} Mbit/s" if self.bw else ""]
+            parts = [f"loss {self.loss:g}%" if self.loss is not None else "", f"{self.bw:g} Mbit/s" if self.bw else "",
+                     f"delay {self.delay:g} ms" if self.delay is not None else "",
+                     f"jitter {self.jitter:g} ms" if self.jitter is not None else ""]
             return f"{i} degraded ({', '.join(p for p in parts if p)})"
         if a in ("up", "addr") and self.addr:
             return f"{i} {'up' if a == 'up' else 'addr'} {self.addr.split('/')[0]}"
@@ -123,6 +131,15 @@ class Scenario:
     def topo_spec(self) -> str:
         """`--topo` spec for topologies/handover.py: 'handover,wifi_bw=20,lte_bw=10'."""
         return ",".join(["handover", *(f"{k}={v!r}" for k, v in self.topo_args.items())])
+
+    def check_delay_lines(self) -> None:
+        """A degrade that changes delay or jitter needs the link built with its delay line (this kernel has no
+        netem): refused before anything is built, not mid-run."""
+        for ev in self.setup + self.events:
+            if (ev.delay is not None or ev.jitter is not None) and \
+                    self.topo_args.get(f"{ev.intf}_delay", "") in (None, "none"):
+                raise ConfigError(f"scenario {self.name}: a degrade changes the delay of {ev.intf}, whose link has no "
+                                  f"delay line ({ev.intf}_delay = none, or bench --no-delay): give it a delay")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -180,8 +197,11 @@ def parse_event(raw: Any, what: str, timed: bool, duration: float) -> Event:
         kw["loss"] = _number(raw["loss"], f"{what}: loss (%)", 0.0, 100.0)
     if "bw" in raw:
         kw["bw"] = _number(raw["bw"], f"{what}: bw (Mbit/s)", 0.01, 100_000.0)
-    if action == "degrade" and "loss" not in kw and "bw" not in kw:
-        raise ConfigError(f"{what}: degrade needs `loss` and/or `bw`")
+    for key in ("delay", "jitter"):
+        if key in raw:
+            kw[key] = parse_time_us(raw[key], f"{what}: {key} (one way, e.g. '60ms')") / 1000
+    if action == "degrade" and not kw.keys() & {"loss", "bw", "delay", "jitter"}:
+        raise ConfigError(f"{what}: degrade needs `loss`, `bw`, `delay` and/or `jitter`")
     for key in ("addr", "server_addr"):
         if key in raw:
             kw[key] = _cidr(raw[key], f"{what}: {key}")
@@ -216,7 +236,7 @@ def parse_scenario(data: dict[str, Any], name: str, path: str | None = None) -> 
     topo = data.get("topo", {})
     if not isinstance(topo, dict) or set(topo) - TOPO_KEYS:
         raise ConfigError(f"{what}: topo takes wifi_bw, lte_bw (Mbit/s), wifi_loss, lte_loss (%), "
-                          "wifi_delay, lte_delay (one way, e.g. '10ms'), nat (bool)")
+                          "wifi_delay, lte_delay (one way, e.g. '10ms'), nat, timestamps, sack (bool)")
     setup = [parse_event(e, f"{what}: setup[{i}]", False, duration) for i, e in enumerate(data.get("setup", []))]
     events = [parse_event(e, f"{what}: events[{i}]", True, duration) for i, e in enumerate(data.get("events", []))]
     if not events:
@@ -228,10 +248,12 @@ def parse_scenario(data: dict[str, Any], name: str, path: str | None = None) -> 
     new_path = expect.get("new_path")
     if new_path is not None and new_path not in INTERFACES:
         raise ConfigError(f"{what}: expect.new_path must be one of {', '.join(INTERFACES)}")
-    return Scenario(
+    sc = Scenario(
         name=str(data.get("name", name)), description=str(data.get("description", "")), duration=duration,
         direction=direction, topo_args=dict(topo), setup=setup, events=events, new_path=new_path, path=path,
     )
+    sc.check_delay_lines()
+    return sc
 
 
 def scenario_files(directory: str | os.PathLike = SCENARIO_DIR) -> dict[str, Path]:

@@ -41,6 +41,11 @@ def with_options(seg: Segment, add: bytes = b"", strip=(), clamp: bool = False,
     if strip:  # drop NOPs that only padded removed options
         kept = realign([o for o in kept if o.kind != TCPOPT_NOP])
     raw = pad_options(encode_options(kept) + add)
+    if len(raw) > TCP_MAX_OPTION_SPACE:
+        # the kernel's alignment NOPs can be all that leaves no room (options need no alignment, RFC 9293
+        # §3.1): a join SYN-ACK fits SACK-permitted beside MP_JOIN and NEXTK2 only without them
+        kept = realign([o for o in kept if o.kind != TCPOPT_NOP])
+        raw = pad_options(encode_options(kept) + add)
     overflow = len(raw) > TCP_MAX_OPTION_SPACE
     if overflow:
         raw = pad_options(encode_options(kept))

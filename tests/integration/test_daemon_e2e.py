@@ -268,8 +268,12 @@ def test_injected_rst_join_and_add_addr_have_no_effect(env):
             time.sleep(0.05)
         assert keys, "no MP_CAPABLE third ACK seen on path 1"
         key_c, key_s, _ = keys
-        time.sleep(0.5)
-        data = [(ip, h) for _f, ip, h, p in tap1.tcp() if h.dport == 5004 and p]
+        while True:  # until the transfer runs: the forged RST takes the latest data segment's sequence number
+            data = [(ip, h) for _f, ip, h, p in tap1.tcp() if h.dport == 5004 and p]
+            if len(data) >= 20 or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert data, "no data segment of the transfer on path 1"
         ip, last = data[-1]
         c_addr, s_addr = ip.src, ip.dst
         # 1. RST towards the server with the sequence number the client is at (in window)

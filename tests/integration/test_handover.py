@@ -53,6 +53,9 @@ def test_shipped_scenarios_parse():
     ({"events": [{"at": 99, "action": "down", "intf": "wifi"}]}, "between"),
     ({"events": [{"action": "down", "intf": "wifi"}]}, "missing `at`"),
     ({"events": [{"at": 1, "action": "degrade", "intf": "wifi"}]}, "loss"),
+    ({"events": [{"at": 1, "action": "degrade", "intf": "lte", "delay": "slow"}]}, "expected a time"),
+    ({"topo": {"lte_delay": "none"}, "events": [{"at": 1, "action": "degrade", "intf": "lte", "delay": "90ms"}]},
+     "no delay line"),
     ({"events": [{"at": 1, "action": "addr", "intf": "lte", "addr": "10.0.2.9"}]}, "prefix length"),
     ({"events": [{"at": 1, "action": "up", "intf": "wifi", "addr": "10.0.3.2/24", "gw": "10.0.4.1"}]}, "not on"),
     ({"events": [{"at": 1, "action": "down", "intf": "wifi", "bw": 3}]}, "unknown field"),
@@ -62,6 +65,39 @@ def test_shipped_scenarios_parse():
 def test_bad_scenarios_are_refused_with_a_reason(bad, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_scenario(bad, "bad")
+
+
+def test_degrade_changes_the_delay_lines_and_restore_puts_the_topology_back():
+    """`degrade` takes delay / jitter (one way, each direction) like loss and bw; `restore` sets the topology's
+    values again, the delay too once a degrade changed it. A recording stand-in for `Net`: no root."""
+    from mptcrypt.handover.runner import Run, RunState
+
+    sc = parse_scenario({"events": [
+        {"at": 1, "action": "degrade", "intf": "lte", "delay": "90ms", "jitter": 5, "bw": 4},
+        {"at": 2, "action": "restore", "intf": "lte"},
+        {"at": 3, "action": "degrade", "intf": "wifi", "loss": 2},
+        {"at": 4, "action": "restore", "intf": "wifi"},
+    ]}, "delay-change")
+    assert (sc.events[0].delay, sc.events[0].jitter) == (90.0, 5.0)
+    assert sc.events[0].describe() == "lte degraded (4 Mbit/s, delay 90 ms, jitter 5 ms)"
+    calls = []
+
+    class RecordingNet:
+        def set_link(self, a, b, intf=None, **params):
+            calls.append((intf, params))
+
+    run = Run(sc, "plain", "/nonexistent")
+    run.net = RecordingNet()
+    topology = {"bw": 10.0, "loss": 0.0, "delay": 40.0, "jitter": 0.0}
+    run.state = RunState(addrs={}, initial={}, shaping={"lte": topology, "wifi": {**topology, "delay": 10.0}})
+    for ev in sc.events:
+        run.apply(ev)
+    assert calls == [
+        ("lte", {"bw": 4.0, "delay": 90.0, "jitter": 5.0}),
+        ("lte", topology),
+        ("wifi", {"loss": 2.0}),
+        ("wifi", {"bw": 10.0, "loss": 0.0}),  # its delay was never changed: its delay line is left alone
+    ]
 
 
 def test_unknown_scenario_lists_the_shipped_ones():

@@ -312,9 +312,25 @@ def test_sack_blocks_are_trimmed_to_leave_room_for_the_mac():
     assert len(decode(pair.wire[-1])[1].options) <= 40
 
 
-def test_join_syn_carries_no_sack_permitted():
+def test_join_subflows_keep_sack_permitted_beside_mp_join_and_nextk2():
+    """A join recovers from a burst of losses (a handover) with SACK like the first subflow: SACK-permitted
+    survives in the join SYN beside NEXTK1 and in a Linux-shaped join SYN-ACK (NOP-aligned, 28 bytes) beside
+    NEXTK2, whose 13 bytes fit only once the alignment NOPs go; nothing overflows 40 bytes."""
+    from mptcrypt.wire.tcp import TCPOption, mss_option, wscale_option
+
     pair = mptcp_pair()
     (got,) = pair.send("c", join_syn())
-    kinds = [o.kind for o in parse_options(decode(pair.wire[-1])[1].options)]
-    assert TCPOPT_SACK_PERM not in kinds and TCPOPT_TIMESTAMP not in kinds and 253 in kinds
-    assert len(decode(pair.wire[-1])[1].options) <= 40
+    syn_wire = [o.kind for o in parse_options(decode(pair.wire[-1])[1].options)]
+    assert TCPOPT_SACK_PERM in syn_wire and TCPOPT_TIMESTAMP not in syn_wire and 253 in syn_wire
+    assert TCPOPT_SACK_PERM in [o.kind for o in parse_options(decode(got)[1].options)]
+    nop = TCPOption(1)
+    linux_synack = [mss_option(1448), nop, nop, TCPOption(TCPOPT_SACK_PERM), nop, wscale_option(7),
+                    mpj_synack(b"h" * 8, b"RRRR")]
+    synack = segment(S2_ADDR, 5000, C2_ADDR, 41000, 444, 334, SYN | ACK, linux_synack)
+    assert len(decode(synack)[1].options) == 28
+    (got,) = pair.send("s", synack)
+    wire = decode(pair.wire[-1])[1].options
+    assert len(wire) <= 40 and TCPOPT_SACK_PERM in [o.kind for o in parse_options(wire)]
+    assert [o.kind for o in parse_options(decode(got)[1].options) if o.kind != 1] == [2, TCPOPT_SACK_PERM, 3, 30]
+    for e in pair.eng.values():
+        assert e.stats()["option_overflow"] == 0 and e.stats()["joins_protected"] == 1
