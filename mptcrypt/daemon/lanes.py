@@ -18,6 +18,7 @@ from __future__ import annotations
 from mptcrypt.daemon.nfqueue import SLICE, QueueWorker
 
 SYN_SLICE = 0.002  # seconds of SYN handling per wakeup (at least one batch): ~30 SYNs at ~70 µs each
+SYN_BATCH = 16  # SYNs per recvmmsg (batched backend): a batch read is handled whole, so it bounds a slice's overrun
 SYN_LANE_LEN = 1024  # SYNs the kernel may hold for the lane; beyond, it drops them (fail-closed, as any full queue)
 LANE_COUNTERS = (
     "nfq_syn_lane",  # packets read from the SYN lane (included in nfq_packets)
@@ -32,6 +33,7 @@ class Lanes:
         self.segments = segments
         self.syns = syns
         syns.max_len = SYN_LANE_LEN
+        syns.batch = SYN_BATCH  # netfilterqueue's worker has no batch: one packet a callback
 
     def __getattr__(self, name):  # engine, queue_num, backend, latency, tick, timers, timeout, drain_events, ...
         return getattr(self.segments, name)

@@ -87,6 +87,7 @@ class BatchedQueueWorker(QueueWorker):
         super().__init__(engine, queue_num, send, clock, **kwargs)
         self._sock: socket.socket | None = None
         self._verdicts: list[tuple] = []  # (packet id, verdict, new payload or None), sent as one sendmsg
+        self.batch = BATCH  # packets per recvmmsg (the SYN lane reads fewer: daemon/lanes.py)
         self._seq = 0
 
     # --- queue lifecycle -------------------------------------------------------------------------------------
@@ -165,11 +166,11 @@ class BatchedQueueWorker(QueueWorker):
             slice_over = False
             while not slice_over:
                 if fast is None:
-                    batch = _nfq.recv_batch(fd, BATCH)
+                    batch = _nfq.recv_batch(fd, self.batch)
                     if not batch:
                         return
                 else:
-                    batch, fast_in, fast_out, verdict_errno = _nfq.recv_batch_fast(fd, BATCH, self.queue_num,
+                    batch, fast_in, fast_out, verdict_errno = _nfq.recv_batch_fast(fd, self.batch, self.queue_num,
                                                                                    fast.table, self.clock())
                     if fast_in or fast_out:
                         counters["nfq_inbound"] += fast_in
