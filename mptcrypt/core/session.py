@@ -3,6 +3,7 @@ Subflow (one TCP flow with its keys and state)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from mptcrypt.crypto.keyschedule import KeyChain, direction_secrets, rekey_secret
@@ -13,6 +14,7 @@ FlowKey = tuple  # (local addr bytes, local port, remote addr bytes, remote port
 JOIN_WINDOW = 32  # join indices of the peer accepted past the highest it used
 
 
+@functools.lru_cache(maxsize=4096)  # per SYN (policy rules) and per event; ipaddress formatting costs ~2 µs
 def fmt_addr(addr: bytes) -> str:
     return str(ipaddress.ip_address(addr))
 
