@@ -85,8 +85,9 @@ def kind_of(packet: bytes) -> str:
 class TimedPair:
     """Two engines and a lossless wire; every handle() call is timed under (packet kind, side)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, timed: bool = True):
         self.eng = {"c": Engine(config), "s": Engine(config)}
+        self.timed = timed  # False: no samples kept (bench_memory counts every byte the engines hold)
         self.samples: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.per_conn: list[float] = []
         self._conn_us = 0.0
@@ -102,9 +103,10 @@ class TimedPair:
             eng = self.eng[s]
             t0 = time.perf_counter()
             r = eng.handle(p, outbound, self.now)
-            us = (time.perf_counter() - t0) * 1e6
-            self.samples[(lab, f"{s} {'out' if outbound else 'in'}")].append(us)
-            self._conn_us += us
+            if self.timed:
+                us = (time.perf_counter() - t0) * 1e6
+                self.samples[(lab, f"{s} {'out' if outbound else 'in'}")].append(us)
+                self._conn_us += us
             other = "s" if s == "c" else "c"
             if r.verdict is Verdict.ACCEPT:
                 if outbound:
@@ -115,14 +117,15 @@ class TimedPair:
                 queue.append((other, False, inj, None))
         return got
 
-    def connection(self, i: int, mptcp: bool) -> None:
+    def connection(self, i: int, mptcp: bool, close: bool = True) -> None:
         """One connection as the connections/s benchmark makes it: connect, 1 KiB each way, close (and for MPTCP
-        a join on the second path once the first subflow is established)."""
+        a join on the second path once the first subflow is established). Client address and port from `i`
+        (40,000 ports per address), so any number of connections can be open at once with `close=False`."""
         self._conn_us = 0.0
         self.now += 0.001
         sport, c_isn, s_isn = 20000 + i % 40000, 1000 + i * 7919, 5000 + i * 104729
         ckey, skey = hashlib.sha256(b"c%d" % i).digest()[:8], hashlib.sha256(b"s%d" % i).digest()[:8]
-        c, s = (C_ADDR, sport), (S_ADDR, PORT)
+        c, s = (C_ADDR[:2] + bytes((1 + i // 40000 // 250, 2 + i // 40000 % 250)), sport), (S_ADDR, PORT)
         tx = lambda a, b, *rest: seg(a[0], a[1], b[0], b[1], *rest)  # noqa: E731
         self.send("c", tx(c, s, c_isn, 0, SYN, syn_opts(mpc() if mptcp else None)))
         self.send("s", tx(s, c, s_isn, c_isn + 1, SYN | ACK, syn_opts(mpc(skey) if mptcp else None, ts=False)))
@@ -133,6 +136,8 @@ class TimedPair:
         self.send("s", tx(s, c, s_isn + 1, c_isn + 1 + len(data), ACK | PSH, d_out, data))
         if mptcp:
             self.join(i, skey, c_isn, s_isn)
+        if not close:
+            return
         self.send("c", tx(c, s, c_isn + 1 + len(data), s_isn + 1 + len(data), FIN | ACK))
         self.send("s", tx(s, c, s_isn + 1 + len(data), c_isn + 2 + len(data), FIN | ACK))
         self.send("c", tx(c, s, c_isn + 2 + len(data), s_isn + 2 + len(data), ACK), label="last ACK")
