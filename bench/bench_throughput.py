@@ -315,7 +315,7 @@ def main(argv=None) -> int:
             row["ratio_to_plain"] = round(statistics.median(values) / statistics.median(plain), 4)
         for key in ("cpu_s_per_gb_client", "cpu_s_per_gb_server", "packets_per_s_client", "packets_per_s_server",
                     "cpu_us_per_conn_client", "cpu_us_per_conn_server", "daemon_rss_bytes_per_flow"):
-            got = [e[key] for e in extra_samples.get((case, mode), [])]
+            got = [e[key] for e in extra_samples.get((case, mode), []) if key in e]
             if got:
                 row[key] = round(statistics.median(got), 2)
         rows.append(row)
