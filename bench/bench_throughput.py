@@ -3,13 +3,15 @@
     sudo .venv/bin/python bench/bench_throughput.py [--quick] [--trials 3] [--mib 64] [--conns 200] [--json out.json]
         [--backends netfilterqueue,batched] [--iperf-seconds 3] [--flows 100000]
 
-`make bench` runs this: every target of issue 14 beside plain, in one run (default ~8 min on the 2-vCPU VM, of
-which ~1.5 min in memory; `--quick` ~2.5 min: one trial, smaller transfers and fewer connections, 20,000 flows).
+`make bench` runs this: every target of issue 14 beside plain, in one run (default ~5 min on the 2-vCPU VM, of
+which ~1.5 min in memory; `--quick` ~1 min: one trial, smaller transfers and fewer connections, 20,000 flows).
+Run it under the lab's lock when other lab runs may be going: `flock /tmp/mptc-itest.lock make bench`.
 
 Cases (topologies/two_path.py, medians of --trials, trials of all cases interleaved so machine noise spreads):
   bulk Mbit/s     TCP one path, MPTCP two subflows, with the own traffic tool and with iperf3 (`mptcpize run`
                   for MPTCP): plain vs mptcrypt with each queue backend
-  connections/s   sequential connect + 1 KiB + close: plain, mptcrypt fresh (--no-resume), mptcrypt resumed
+  connections/s   sequential connect + 1 KiB + close: plain, mptcrypt fresh (--no-resume, default queue backend),
+                  mptcrypt resumed; with each daemon's CPU µs per connection (/proc, 10 ms ticks: coarse at --quick)
   join latency    MPTCP connect -> the join subflow ESTABLISHED at the client (MPTCP_TCPINFO: the state of each
                   subflow; MPTCP_INFO's subflow count rises when the join SYN is sent, not when it is answered)
   daemon memory   RSS growth of the server daemon per flow it tracks over the connections/s run
@@ -235,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--iperf-seconds", type=int, default=3)
     p.add_argument("--flows", type=int, default=100_000, help="tracked connections for the in-memory scale case")
     p.add_argument("--quick", action="store_true",
-                   help="one trial, 16 MiB, 100 connections, 10 joins, 1 s iperf3, 20,000 flows (~2.5 min)")
+                   help="one trial, 16 MiB, 100 connections, 10 joins, 1 s iperf3, 20,000 flows (~1 min)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     if args.quick:
@@ -254,6 +256,8 @@ def main(argv=None) -> int:
     joins: dict[str, list[float]] = {}
     used: dict[str, str] = {}
     backends = args.backends.split(",")
+    from mptcrypt.daemon.queue_batched import DEFAULT_QUEUE_BACKEND
+    fresh_backend = DEFAULT_QUEUE_BACKEND if DEFAULT_QUEUE_BACKEND in backends else backends[0]
     modes = ["plain"] + [f"mptcrypt {b}" for b in backends] + ["mptcrypt fresh"]
 
     def add(case, mode, value, extra=None):
@@ -267,7 +271,7 @@ def main(argv=None) -> int:
                 daemons = []
                 try:
                     if mode != "plain":
-                        backend = mode.split()[1] if mode != "mptcrypt fresh" else backends[0]
+                        backend = mode.split()[1] if mode != "mptcrypt fresh" else fresh_backend
                         extra = ["--no-resume"] if mode == "mptcrypt fresh" else []
                         daemons = [spawn_in_netns(f"mptc-{h}", "--ports", "5000-5200", "--queue-backend", backend,
                                                   *extra) for h in ("client", "server")]
