@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_setup import PORT, S_ADDR, TimedPair, seg  # noqa: E402
+from bench_setup import PORT, S_ADDR, TimedPair, emit, seg  # noqa: E402
 from mptcrypt.core.config import Config  # noqa: E402
 from mptcrypt.wire.tcp import ACK, PSH  # noqa: E402
 
@@ -145,11 +144,7 @@ def main(argv=None) -> int:
     if args.flows < 20 or args.sample < 1:
         p.error("--flows must be >= 20 and --sample >= 1")
     result = measure(args.flows, args.sample)
-    print(table(result))
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return emit(result, table(result), args.json)
 
 
 if __name__ == "__main__":

@@ -222,10 +222,15 @@ def main(argv=None) -> int:
         return 0
     result = measure(args.conns)
     result["_meta"] = {"conns": args.conns, "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(table(result))
+    return emit(result, table(result), args.json)
+
+
+def emit(result: dict, text: str, path: Path | None) -> int:
+    """Print the table and the JSON object; also write the JSON to `path` when given."""
+    print(text)
     print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if path:
+        path.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
