@@ -204,9 +204,13 @@ def in_memory(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="mptc-bench-") as tmp:
         for name, (script, *rest) in runs.items():
             path = Path(tmp) / f"{name}.json"
-            subprocess.run([PY, str(REPO / "bench" / script), *rest, "--json", str(path)], check=True,
-                           stdout=subprocess.DEVNULL, cwd=REPO)
-            out[name] = json.loads(path.read_text())
+            run = subprocess.run([PY, str(REPO / "bench" / script), *rest, "--json", str(path)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            if run.returncode:  # the namespace results are not lost over it; the table says what failed
+                out[name] = {"error": f"{script} failed: " + (run.stderr.strip().splitlines() or ["?"])[-1]}
+                print(out[name]["error"], file=sys.stderr)
+            else:
+                out[name] = json.loads(path.read_text())
     return out
 
 
@@ -354,16 +358,21 @@ def table(result: dict) -> str:
         lines.append(f"| {r['case']} | {r['mode']} | {r['median']:,.1f} | {ratio} | {cpu} | {pps} |")
     lines += ["", "paths: " + "; ".join(f"{m}: {p}" for m, p in result["paths"].items())]
     mem = result["in_memory"]
-    lines += ["", "in memory, per-segment (bench_segment.py, 1448 B + 28 B DSS, median µs):", "",
-              "| suite | path | protect µs | verify µs |", "|---|---|---|---|"]
-    lines += [f"| {r['suite']} | {r['path']} | {r['protect_us']:.2f} | {r['verify_us']:.2f} |"
-              for r in mem["segment"]["rows"]]
-    setup = mem["setup"]
-    lines += ["", "in memory, engine µs per connection, both daemons (bench_setup.py): "
-              + ", ".join(f"{m} {v['per_connection_us']:.0f}" for m, v in setup["modes"].items())
-              + f" (X25519 exchange alone {setup['x25519_exchange_us']:.0f})", ""]
-    from bench_memory import table as memory_table
-    lines += ["| memory and scale (bench_memory.py) | | | |", "|---|---|---|---|", memory_table(mem["memory"]), ""]
+    lines += [""] + [f"in memory: {v['error']}" for v in mem.values() if "error" in v]
+    if "rows" in mem["segment"]:
+        lines += ["", "in memory, per-segment (bench_segment.py, 1448 B + 28 B DSS, median µs):", "",
+                  "| suite | path | protect µs | verify µs |", "|---|---|---|---|"]
+        lines += [f"| {r['suite']} | {r['path']} | {r['protect_us']:.2f} | {r['verify_us']:.2f} |"
+                  for r in mem["segment"]["rows"]]
+    if "modes" in mem["setup"]:
+        setup = mem["setup"]
+        lines += ["", "in memory, engine µs per connection, both daemons (bench_setup.py): "
+                  + ", ".join(f"{m} {v['per_connection_us']:.0f}" for m, v in setup["modes"].items())
+                  + f" (X25519 exchange alone {setup['x25519_exchange_us']:.0f})", ""]
+    if "flows" in mem["memory"]:
+        from bench_memory import table as memory_table
+        lines += ["| memory and scale (bench_memory.py) | | | |", "|---|---|---|---|", memory_table(mem["memory"]),
+                  ""]
     lines += ["| issue 14 target | goal | measured | |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['goal']} | {t['measured']} | {'met' if t['met'] else '**not met**'} |"
               for t in result["targets"]]
@@ -400,16 +409,16 @@ def targets(result: dict) -> list[dict]:
              and r["mode"] not in ("plain", "mptcrypt fresh")]
     v, mode = min(joins) if joins else (None, "")
     add("MPTCP connect to join established, p50 ms", "<= 0.5", v, lambda x: x <= 0.5, "{:.2f}", mode)
-    seg = [r for r in result["in_memory"]["segment"]["rows"] if r["path"] == "compiled"]
+    seg = [r for r in result["in_memory"]["segment"].get("rows", []) if r["path"] == "compiled"]
     for key, name in (("protect_us", "protect"), ("verify_us", "verify")):
         v = min((r[key] for r in seg), default=None)
         suite = next((r["suite"] for r in seg if r[key] == v), "")
         add(f"in-memory {name} 1448 B, µs (compiled)", "<= 2", v, lambda x: x <= 2.0, "{:.2f}", suite)
     mem = result["in_memory"]["memory"]
-    add("memory per protected connection, bytes (fresh, per engine)", "<= 4,096", mem["bytes_per_connection_fresh"],
-        lambda x: x <= 4096)
-    n = mem["flows"]
-    slow = max(mem["protect_slowdown"], mem["verify_slowdown"])
+    add("memory per protected connection, bytes (fresh, per engine)", "<= 4,096",
+        mem.get("bytes_per_connection_fresh"), lambda x: x <= 4096)
+    n = mem.get("flows", 0)
+    slow = max(mem["protect_slowdown"], mem["verify_slowdown"]) if n else None
     add(f"per-packet cost with {n:,} vs 10 tracked connections", "not slower (x <= 1.10)", slow,
         lambda x: x <= 1.10 and n >= 100_000, "x{:.2f}", "" if n >= 100_000 else f"only {n:,} flows: --quick")
     cpu = [r for r in rows if "cpu_s_per_gb_client" in r]

@@ -79,8 +79,9 @@ class Session:
             and index <= self._peer_top + 2 * JOIN_WINDOW
 
     def peer_next_indices(self, count: int) -> list[int]:
-        """The next `count` unused indices of the peer's parity (candidates for a resumption by the peer)."""
-        return [self._peer_top + 2 * k for k in range(1, count + 1)]
+        """The next `count` unused indices of the peer's parity (candidates for a resumption by the peer); fewer
+        near the end of the chain (NEXTK1 carries 16 bits: the peer then falls back to a full handshake)."""
+        return [i for i in (self._peer_top + 2 * k for k in range(1, count + 1)) if i <= KeyChain.MAX_INDEX]
 
 
 class Connection:

@@ -58,3 +58,14 @@ def test_targets_are_met_or_not_as_issue_14_writes_them() -> None:
     assert not slow["per-packet cost with 100,000 vs 10 tracked connections"]["met"]
     few = {t["target"]: t for t in bench_throughput.targets(fake_result(4000.0, 0.4, 1.0, flows=20_000))}
     assert not few["per-packet cost with 20,000 vs 10 tracked connections"]["met"]  # --quick cannot show 100k
+
+
+def test_a_failed_in_memory_bench_is_reported_not_fatal() -> None:
+    result = fake_result(4000.0, 0.4, 1.0)
+    result["in_memory"] = {"segment": {"error": "bench_segment.py failed: boom"}, "setup": {"error": "x"},
+                           "memory": {"error": "bench_memory.py failed: ValueError"}}
+    got = {t["target"]: t for t in bench_throughput.targets(result)}
+    assert got["in-memory protect 1448 B, µs (compiled)"]["measured"] == "not measured"
+    assert not got["memory per protected connection, bytes (fresh, per engine)"]["met"]
+    result.update(targets=list(got.values()), paths={}, _meta={"trials": 1, "cpus": 2, "seconds": 1, "quick": True})
+    assert "in memory: bench_memory.py failed: ValueError" in bench_throughput.table(result)
