@@ -3,7 +3,7 @@
     sudo .venv/bin/python bench/bench_throughput.py [--quick] [--trials 3] [--mib 64] [--conns 200] [--json out.json]
         [--backends netfilterqueue,batched] [--iperf-seconds 3] [--flows 100000]
 
-`make bench` runs this: every target of issue 14 beside plain, in one run (default ~5 min on the 2-vCPU VM, of
+`make bench` runs this: every target of issue 14 beside plain, in one run (default ~4 min on the 2-vCPU VM, of
 which ~1.5 min in memory; `--quick` ~1 min: one trial, smaller transfers and fewer connections, 20,000 flows).
 Run it under the lab's lock when other lab runs may be going: `flock /tmp/mptc-itest.lock make bench`.
 
