@@ -470,7 +470,7 @@ def test_events_are_rate_limited(caplog):
 
 def test_routine_protected_events_are_streamed_but_logged_only_at_debug(caplog):
     """One "protected" event per keyed subflow: at thousands of connections/s an INFO line each is a flood (and
-    ~10% of the daemon's CPU per connection). They still reach `mptcrypt monitor`, and the log with -v."""
+    ~7% of a daemon's CPU under a profiler). They still reach `mptcrypt monitor`, and the log with -v."""
     engine = FakeEngine()
     worker = QueueWorker(engine, 1, lambda p: None, clock=lambda: 0.0, event_rate=10, event_burst=5)
     streamed = []
