@@ -8,8 +8,8 @@ connections (fresh handshakes, each its own session: the worst case; and resumed
 per connection and engine, against issue 14's 4 KiB target; the process RSS delta over all `--flows` connections
 is given beside it. Per-packet cost: protect (client engine, outbound 1448-byte data) and verify (server engine)
 of data segments round-robin over 10 open flows, first with 10 flows in the table, then the same 10 with `--flows`
-in it (medians of 7 batches of ~3,000 segments, µs per segment): the ratio says whether the table's size slows the packet path. Then
-1,000 flows spread over the table: a working set beyond the CPU caches.
+in it (medians of 7 batches of ~3,000 segments, µs per segment): the ratio says whether the table's size slows
+the packet path. Then 1,000 flows spread over the table: a working set beyond the CPU caches.
 Not a test: nothing here asserts a speed.
 """
 

@@ -328,8 +328,8 @@ def main(argv=None) -> int:
                 row[key] = round(statistics.median(got), 2)
         rows.append(row)
     result = {"rows": rows, "paths": used, "in_memory": in_memory(args),
-              "_meta": {"trials": args.trials, "mib": args.mib, "conns": args.conns, "iperf_seconds": args.iperf_seconds,
-                        "joins": args.joins, "flows": args.flows, "quick": args.quick, "cpus": os.cpu_count(),
+              "_meta": {"trials": args.trials, "mib": args.mib, "conns": args.conns,
+                        "iperf_seconds": args.iperf_seconds, "joins": args.joins, "flows": args.flows, "quick": args.quick, "cpus": os.cpu_count(),
                         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.monotonic() - started)}}
     result["targets"] = targets(result)
     print(json.dumps(result))
