@@ -3,6 +3,7 @@ Subflow (one TCP flow with its keys and state)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from mptcrypt.crypto.keyschedule import KeyChain, direction_secrets, rekey_secret
@@ -13,6 +14,7 @@ FlowKey = tuple  # (local addr bytes, local port, remote addr bytes, remote port
 JOIN_WINDOW = 32  # join indices of the peer accepted past the highest it used
 
 
+@functools.lru_cache(maxsize=4096)  # per SYN (policy rules) and per event; ipaddress formatting costs ~2 µs
 def fmt_addr(addr: bytes) -> str:
     return str(ipaddress.ip_address(addr))
 
@@ -81,8 +83,9 @@ class Session:
             and index <= self._peer_top + 2 * JOIN_WINDOW
 
     def peer_next_indices(self, count: int) -> list[int]:
-        """The next `count` unused indices of the peer's parity (candidates for a resumption by the peer)."""
-        return [self._peer_top + 2 * k for k in range(1, count + 1)]
+        """The next `count` unused indices of the peer's parity (candidates for a resumption by the peer); fewer
+        near the end of the chain (NEXTK1 carries 16 bits: the peer then falls back to a full handshake)."""
+        return [i for i in (self._peer_top + 2 * k for k in range(1, count + 1)) if i <= KeyChain.MAX_INDEX]
 
 
 class Connection:

@@ -478,6 +478,26 @@ def test_events_are_rate_limited(caplog):
     assert any("15 engine events not logged" in r.getMessage() for r in caplog.records)
 
 
+def test_routine_protected_events_are_streamed_but_logged_only_at_debug(caplog):
+    """One "protected" event per keyed subflow: at thousands of connections/s an INFO line each is a flood (and
+    ~7% of a daemon's CPU under a profiler). They still reach `mptcrypt monitor`, and the log with -v."""
+    engine = FakeEngine()
+    worker = QueueWorker(engine, 1, lambda p: None, clock=lambda: 0.0, event_rate=10, event_burst=5)
+    streamed = []
+    worker.on_events = streamed.extend
+    engine.pending = [Event("protected", f"10.0.0.1:{i} > 10.0.0.2:80", "new index 0 sid ab") for i in range(8)]
+    engine.pending.append(Event("mac_failure", "10.0.0.1:9 > 10.0.0.2:80"))
+    with caplog.at_level(logging.INFO, logger="mptcrypt"):
+        worker.tick()
+    assert len(streamed) == 9
+    assert [r.getMessage() for r in caplog.records] == ["mac_failure 10.0.0.1:9 > 10.0.0.2:80"]  # no token spent
+    engine.pending = [Event("protected", "10.0.0.1:1 > 10.0.0.2:80", "new index 0 sid ab")]
+    with caplog.at_level(logging.DEBUG, logger="mptcrypt"):
+        worker.tick()
+    assert caplog.records[-1].levelno == logging.DEBUG
+    assert caplog.records[-1].getMessage() == "protected 10.0.0.1:1 > 10.0.0.2:80: new index 0 sid ab"
+
+
 # --- control protocol --------------------------------------------------------------------------------------------
 
 

@@ -123,6 +123,25 @@ def test_resumption_uses_no_public_key_operation():
     assert pair.send("c", data) == [data]
 
 
+def test_resumptions_up_to_the_end_of_the_key_chain_then_a_full_handshake():
+    """NEXTK1 carries a 16-bit index: near 0xFFFF the server registers fewer resumption ids instead of asking the
+    chain for an index past its end (that raised ValueError out of Engine.handle on the SYN of the ~32,768th
+    resumption of one session: found by bench_memory.py's 100,000 connections)."""
+    pair = EnginePair()
+    handshake(pair)
+    c, s = pair.eng["c"], pair.eng["s"]
+    (c_session,), (s_session,) = c._t.peer_cache.values(), s._t.peer_cache.values()
+    c_session._next_own = 0xFFFF - 4  # as if 32,765 resumptions had happened
+    s_session._peer_top = 0xFFFF - 6
+    s._t.register_resume(s_session)
+    for n, sport in enumerate((40010, 40011, 40012)):  # indices 0xFFFB, 0xFFFD, 0xFFFF
+        third, got = handshake(pair, sport=sport, cisn=100 + n, sisn=200 + n)
+        assert got == [third]
+    assert c.stats()["resumptions"] == 3 and s.stats()["resumptions"] == 3 and s.stats()["malformed_dropped"] == 0
+    third, got = handshake(pair, sport=40013, cisn=300, sisn=400)  # chain exhausted: a new session
+    assert got == [third] and c.stats()["pk_handshakes"] == 2 and s.stats()["pk_handshakes"] == 2
+
+
 def test_peer_without_mptcrypt_gets_plain_tcp():
     pair = EnginePair(server=Config(policy=Policy.OFF))
     syn = segment(C_ADDR, 40000, S_ADDR, 5000, CISN, 0, SYN, syn_options())
