@@ -30,6 +30,8 @@ SPLIT_SUBTYPES = (Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL)
 # signals that change a connection's paths or end it: acted on only from segments not older than the newest
 SIGNAL_SUBTYPES = (Subtype.ADD_ADDR, Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL, Subtype.MP_FASTCLOSE,
                    Subtype.MP_TCPRST)
+# a REKEY put off until the peer shows it follows our current generation is looked at again after this many seconds
+REKEY_RETRY = 1.0
 
 
 def extended(seg: Segment, seq_ref: int, ack_ref: int) -> tuple[int, int]:
@@ -108,8 +110,17 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
 
 
 def _rekey(t: Table, sf: Subflow, now: float) -> None:
-    """REKEY: our direction moves to the next key generation after `rekey_bytes` or `rekey_interval`."""
+    """REKEY (docs/protocol.md §4): our direction moves to the next key generation after `rekey_bytes` or
+    `rekey_interval`, but only once the peer has opened a segment of the current one: its verified ack covers the
+    first sequence number we sent under it. The receiver looks one generation ahead; had the first segment of the
+    current generation been lost, a second move would leave it two behind and every later segment would fail."""
+    if sf.in_ack_max <= sf.tx_gen_start:
+        if now >= sf.tx_rekey_time:  # look again soon (a pure-ACK direction would otherwise leave the fast path)
+            sf.tx_rekey_time = now + min(t.config.rekey_interval, REKEY_RETRY)
+        return
     sf.rekey_tx()
+    # bytes from out_ref on (and a FIN already sent) were never sent under an older generation
+    sf.tx_gen_start = sf.out_ref + sf.fin_out
     sf.tx_rekey_bytes = sf.bytes_out + t.config.rekey_bytes
     sf.tx_rekey_time = now + t.config.rekey_interval
     t.counters["rekeys_sent"] += 1
