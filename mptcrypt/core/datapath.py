@@ -59,6 +59,10 @@ def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
         sf.out_ref = end
     if flags & (FIN | RST):
         t.note_close(sf, flags, True, now)
+    conn = sf.conn
+    if conn.mptcp and len(conn.keys) < 2 and not sf.join:
+        # our own MP_CAPABLE key is only ever in what our kernel sends: the third ACK, the first data segment
+        mptcp.learn_keys(t, sf, seg, outbound=True)
     sf.bytes_out += n
     sf.segments_out += 1
     c = t.counters
@@ -177,10 +181,7 @@ def release(t: Table, sf: Subflow) -> list[bytes]:
     out = []
     held, sf.hs.held = sf.hs.held, []
     for pkt in held:
-        seg = parse_segment(pkt)
-        if sf.mptcp and not sf.join:
-            mptcp.learn_keys(t, sf, seg, outbound=True)
-        res = protect(t, sf, seg, sf.last_seen)
+        res = protect(t, sf, parse_segment(pkt), sf.last_seen)
         if res.packet is not None:
             out.append(res.packet)
     t.counters["released"] += len(out)
