@@ -30,6 +30,8 @@ SPLIT_SUBTYPES = (Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL)
 # signals that change a connection's paths or end it: acted on only from segments not older than the newest
 SIGNAL_SUBTYPES = (Subtype.ADD_ADDR, Subtype.REMOVE_ADDR, Subtype.MP_PRIO, Subtype.MP_FAIL, Subtype.MP_FASTCLOSE,
                    Subtype.MP_TCPRST)
+# a REKEY put off until the peer shows it follows our current generation is looked at again after this many seconds
+REKEY_RETRY = 1.0
 
 
 def extended(seg: Segment, seq_ref: int, ack_ref: int) -> tuple[int, int]:
@@ -57,6 +59,10 @@ def protect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
         sf.out_ref = end
     if flags & (FIN | RST):
         t.note_close(sf, flags, True, now)
+    conn = sf.conn
+    if conn.mptcp and len(conn.keys) < 2 and not sf.join:
+        # our own MP_CAPABLE key is only ever in what our kernel sends: the third ACK, the first data segment
+        mptcp.learn_keys(t, sf, seg, outbound=True)
     sf.bytes_out += n
     sf.segments_out += 1
     c = t.counters
@@ -108,8 +114,17 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
 
 
 def _rekey(t: Table, sf: Subflow, now: float) -> None:
-    """REKEY: our direction moves to the next key generation after `rekey_bytes` or `rekey_interval`."""
+    """REKEY (docs/protocol.md §4): our direction moves to the next key generation after `rekey_bytes` or
+    `rekey_interval`, but only once the peer has opened a segment of the current one: its verified ack covers the
+    first sequence number we sent under it. The receiver looks one generation ahead; had the first segment of the
+    current generation been lost, a second move would leave it two behind and every later segment would fail."""
+    if sf.in_ack_max <= sf.tx_gen_start:
+        if now >= sf.tx_rekey_time:  # look again soon (a pure-ACK direction would otherwise leave the fast path)
+            sf.tx_rekey_time = now + min(t.config.rekey_interval, REKEY_RETRY)
+        return
     sf.rekey_tx()
+    # bytes from out_ref on (and a FIN already sent) were never sent under an older generation
+    sf.tx_gen_start = sf.out_ref + sf.fin_out
     sf.tx_rekey_bytes = sf.bytes_out + t.config.rekey_bytes
     sf.tx_rekey_time = now + t.config.rekey_interval
     t.counters["rekeys_sent"] += 1
@@ -166,10 +181,7 @@ def release(t: Table, sf: Subflow) -> list[bytes]:
     out = []
     held, sf.hs.held = sf.hs.held, []
     for pkt in held:
-        seg = parse_segment(pkt)
-        if sf.mptcp and not sf.join:
-            mptcp.learn_keys(t, sf, seg, outbound=True)
-        res = protect(t, sf, seg, sf.last_seen)
+        res = protect(t, sf, parse_segment(pkt), sf.last_seen)
         if res.packet is not None:
             out.append(res.packet)
     t.counters["released"] += len(out)

@@ -294,6 +294,7 @@ def _conn_row(sf, conn) -> dict:
         "sid": conn.sid.hex() if conn else None,
         "resumed": conn.resumed if conn else False,
         "mptcp": conn.mptcp if conn else sf.mptcp,
+        "tokens": [f"{token:08x}" for token in conn.tokens] if conn else [],  # MPTCP tokens leading joins here
         "pk_ops": conn.pk_ops if conn else 0,
         "index": conn.index if conn else None,
     }

@@ -23,7 +23,7 @@ VERSION = 1
 _SUBFLOW_FIELDS = ("initiator", "index", "isn_local", "isn_remote", "out_ref", "in_ref", "in_ack_max", "confirmed",
                    "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen", "created",
                    "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops",
-                   "tx_rekey_bytes", "tx_rekey_time")
+                   "tx_rekey_bytes", "tx_rekey_time", "tx_gen_start")
 
 
 def _key(key) -> list:
@@ -103,7 +103,8 @@ def import_state(t: Table, data: dict) -> int:
         key = _unkey(d["key"])
         sf = Subflow(key, d["initiator"], Policy(d["policy"]), d["last_seen"])
         for f in _SUBFLOW_FIELDS:
-            setattr(sf, f, d[f])
+            if f in d or f != "tx_gen_start":  # (a daemon before the REKEY rule of §4 did not export it)
+                setattr(sf, f, d[f])
         state.restore(sf, State[d["state"]])
         if d["conn"] is not None:
             conn = conns[str(d["conn"])]

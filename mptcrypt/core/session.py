@@ -141,6 +141,7 @@ class Subflow:
         "mptcp", "join", "addr_id", "backup", "fin_out", "fin_in", "closed_at", "last_seen",
         "bytes_out", "bytes_in", "segments_out", "segments_in", "resumed", "plain_reason", "pk_ops", "created", "unmacked",
         "sym_cipher", "tx_secret", "rx_secret", "rx_next", "rx_prev", "tx_rekey_bytes", "tx_rekey_time",
+        "tx_gen_start",
     )
 
     def __init__(self, key: FlowKey, initiator: bool, policy, now: float):
@@ -177,6 +178,9 @@ class Subflow:
         self.rx_prev: SegmentCipher | None = None
         self.tx_rekey_bytes = 1 << 62
         self.tx_rekey_time = float("inf")
+        # the first extended seq sent under our current generation; the next REKEY waits for an ack beyond it
+        # (-1: generation 0, which the peer holds from the handshake)
+        self.tx_gen_start = -1
         self.unmacked = 0  # inbound segments in a row without a MAC option (core/stripped.py)
 
     def set_keys(self, conn: Connection, index: int, sym_cipher) -> None:

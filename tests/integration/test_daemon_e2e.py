@@ -328,11 +328,15 @@ def test_server_initiated_join_to_an_announced_address_is_protected(env):
     """The client announces 10.0.2.2 port 5099 (ADD_ADDR inside a verified segment; Linux listens for joins on an
     announced port), then the server gets a `subflow` endpoint and its path manager opens a join from 10.0.2.1
     (Linux only creates subflows of a passive connection after the application accepted it, hence the order):
-    the server daemon sends NEXTK1 with an even index, no public-key operation."""
+    the server daemon sends NEXTK1 with an even index, no public-key operation. The connection resumes (a short
+    one on 5007 first caches the session): the client daemon is keyed at the SYN-ACK and learns its own MP_CAPABLE
+    key, hence the token the server's join carries, only from its kernel's third ACK (once it did not, and every
+    server-initiated join of a resumed connection died in the client's unprotected SYN-ACK)."""
     net = env["net"]
+    transfer(net, 5007, 1 << 16)
     net["client"].run("ip mptcp endpoint flush && ip mptcp endpoint add 10.0.2.2 dev c-eth1 signal port 5099")
     before = {h: stats(net, h) for h in ("client", "server")}
-    joins = []
+    joins, resumed = [], []
 
     def during():
         deadline = time.time() + 15  # the server application accepted: its daemon has the protected connection
@@ -344,6 +348,7 @@ def test_server_initiated_join_to_an_announced_address_is_protected(env):
         while time.time() < deadline and not joins:
             for row in sessions(net, "server"):
                 if row["local"].endswith(":5006"):
+                    resumed[:] = [row["resumed"]]
                     joins[:] = [s for s in row["subflows"] if s["kind"] == "join" and s["role"] == "initiator"
                                 and s["state"] == "encrypting"]
             time.sleep(0.1)
@@ -355,6 +360,7 @@ def test_server_initiated_join_to_an_announced_address_is_protected(env):
         net["client"].run("ip mptcp endpoint flush && ip mptcp endpoint add 10.0.2.2 dev c-eth1 subflow")
     assert got["sha256"] == sent["sha256"] and sent["sid"] == got["sid"]
     assert joins and joins[0]["index"] % 2 == 0 and joins[0]["local"].startswith("10.0.2.1:"), joins
+    assert resumed == [True]
     for h in ("client", "server"):
         after = stats(net, h)
         assert after["pk_ops"] - before[h]["pk_ops"] <= 1  # the first subflow may resume; never one for the join

@@ -422,6 +422,8 @@ def test_rekey_moves_each_direction_to_fresh_keys_and_the_peer_follows():
         data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1 + 1000 * k, SISN + 1, ACK | PSH, [], bytes([k]) * 1000)
         assert pair.send("c", data) == [data]
         wires.append(pair.wire[-1])
+        # the server's ack: a sender moves on only after its peer acked bytes of the current generation (§4)
+        pair.send("s", segment(S_ADDR, 5000, C_ADDR, 40000, SISN + 1, CISN + 1 + 1000 * (k + 1), ACK))
     c, s = pair.eng["c"].stats(), pair.eng["s"].stats()
     assert c["rekeys_sent"] == 2 and s["rekeys_followed"] == 2 and s["mac_failures"] == 0
     # a segment of the generation before, still in flight, verifies; two generations back does not
