@@ -41,6 +41,12 @@ def learn_keys(t: Table, sf: Subflow, seg: Segment, outbound: bool) -> None:
         return
     conn = sf.conn
     ours, theirs = (mp.sndr_key, mp.rcvr_key) if outbound else (mp.rcvr_key, mp.sndr_key)
+    if outbound and sf.hs.mptcp_keys.get("remote") != theirs:
+        # not what our kernel answers the SYN-ACK with (a segment a local raw socket wrote): nothing learned, so
+        # the kernel's own third ACK or first data still teaches the keys
+        t.count_rare("token_collisions_refused", "token-refused", sf.key,
+                     "outbound MP_CAPABLE names a receiver key the SYN-ACK did not carry; no token registered")
+        return
     conn.keys["local"], conn.keys["remote"] = ours, theirs  # (learned once, registered or not)
     conn.mptcp = True
     if not outbound and sf.hs.mptcp_keys.get("local") != ours:
