@@ -32,7 +32,7 @@ class Session:
     at the same time without colliding. Each index keys exactly one subflow (checked by `claim`)."""
 
     __slots__ = ("chain", "initiator", "pub_cipher", "sym_cipher", "_next_own", "_peer_top", "used", "peer_addr",
-                 "resume_ids", "created")
+                 "resume_ids", "created", "__weakref__")  # (daemon/workers.Replica finds live sessions by key)
 
     def __init__(self, ss0: bytes, initiator: bool, pub_cipher, sym_cipher, peer_addr: bytes):
         self.chain = KeyChain(ss0)

@@ -36,6 +36,7 @@ import signal
 import socket
 import struct
 import time
+import weakref
 from collections import OrderedDict
 from typing import Callable
 
@@ -115,7 +116,10 @@ class Replica:
         self.lock = lock
         self.clock = clock
         self.table = None
-        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.sessions: OrderedDict[str, Session] = OrderedDict()  # the newest, held here (bounded)
+        # every session still alive in this worker (its connections, caches or the bound above hold it): a
+        # sibling's claim of a session pushed out of `sessions` must still reach the Session its joins check
+        self.known: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
         self.conns: dict[tuple[str, int], Connection] = {}
         self.holders: dict[tuple[str, int], set[int]] = {}  # which workers have subflows of a connection
         self.pending_tokens: dict[int, float] = {}  # token -> until when its joins are held
@@ -234,7 +238,7 @@ class Replica:
     def _apply_conn(self, msg: dict) -> None:
         t = self.table
         rec = msg["session"]
-        session = self.sessions.get(rec["sk"])
+        session = self.known.get(rec["sk"])
         fresh = session is None
         if fresh:
             session = Session(bytes.fromhex(rec["ss0"]), rec["initiator"], PubCipher(rec["pub"]), SymCipher(rec["sym"]),
@@ -273,7 +277,7 @@ class Replica:
             self.counters["joins_released"] += len(released)
 
     def _apply_claim(self, msg: dict) -> None:
-        session = self.sessions.get(msg["sk"])
+        session = self.known.get(msg["sk"])
         if session is None:
             self.counters["repl_unknown_session"] += 1  # a session this worker never saw: nothing to protect
             return
@@ -305,6 +309,7 @@ class Replica:
 
     def _remember_session(self, sk: str, session: Session) -> None:
         self.sessions[sk] = session
+        self.known[sk] = session
         while len(self.sessions) > MAX_REPLICA_SESSIONS:
             self.sessions.popitem(last=False)
 

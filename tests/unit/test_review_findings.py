@@ -28,3 +28,31 @@ def test_an_outbound_mp_capable_naming_another_receiver_key_registers_no_token()
     tokens = set(pair.eng["c"]._t.tokens)
     assert mptcp_token(b"victimk2") not in tokens and mptcp_token(b"evil-key") not in tokens
     assert tokens == {mptcp_token(CKEY), mptcp_token(SKEY)}
+
+
+def test_a_replayed_join_index_is_refused_after_the_replicas_session_index_overflowed(monkeypatch):
+    """--workers N (docs/protocol.md §Workers, "no index used twice"): a worker drops a sibling's `claim` of a
+    session it no longer knows by key (Replica.sessions keeps MAX_REPLICA_SESSIONS, oldest first out), yet the
+    session is still alive in that worker (its connection and tokens). New sessions (full handshakes, which an
+    attacker can make) push it out; the victim's join index claimed on worker 1 is then unknown on worker 0, and
+    the victim's join SYN replayed from an address pair that hashes to worker 0 is accepted: the index is used
+    twice, which one worker refuses. The size is 1 here for the test; 65,536 handshakes do it in the daemon."""
+    import test_workers
+    from mptcrypt.core.config import Config
+    from mptcrypt.core.events import Verdict
+    from mptcrypt.daemon import workers
+    from mptcrypt.wire.tcp import parse_options
+    from pktkit import decode as decode_packet
+
+    monkeypatch.setattr(workers, "MAX_REPLICA_SESSIONS", 1)
+    pair = EnginePair(Config(resume=False))
+    server = pair.eng["s"] = test_workers.Workers(2, test_workers.by_path, seed=1001)
+    test_workers.handshake(pair, mptcp=True)  # the victim's connection: worker 0
+    test_workers.handshake(pair, sport=40001)  # a second session, also on worker 0 (a full handshake)
+    test_workers.join_on_path2(pair)  # the victim's join, index 1: worker 1
+    real = next(p for p in pair.wire if decode_packet(p)[1].flags == SYN and decode_packet(p)[1].sport == 41000)
+    replay = segment(bytes([10, 0, 1, 66]), 41000, S_ADDR, 5000, 333, 0, SYN,
+                     parse_options(decode_packet(real)[1].options))
+    server.route = lambda addrs: 0
+    assert pair.inject("s", replay) is Verdict.DROP
+    assert server.stats(0)["joins_refused"] == 1 and server.stats(0)["repl_unknown_session"] == 0
