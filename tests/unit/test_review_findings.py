@@ -3,6 +3,10 @@ with the reason when the fix is not small."""
 
 from __future__ import annotations
 
+import pytest
+
+import test_engine_handshake
+from mptcrypt.core.events import Verdict
 from mptcrypt.wire.mptcp import mptcp_token
 from mptcrypt.wire.tcp import ACK, SYN
 
@@ -56,3 +60,29 @@ def test_a_replayed_join_index_is_refused_after_the_replicas_session_index_overf
     server.route = lambda addrs: 0
     assert pair.inject("s", replay) is Verdict.DROP
     assert server.stats(0)["joins_refused"] == 1 and server.stats(0)["repl_unknown_session"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason="review finding: the receiver keeps the peer's previous key generation "
+                   "(Subflow.rx_prev) until the peer moves again, which a direction that sends little may never "
+                   "do; forward secrecy of that generation then lasts the connection, not one rekey_interval. "
+                   "Fix (not small): forget rx_prev once in-flight segments of it can no longer arrive, e.g. when a "
+                   "verified ack of ours shows the peer received everything we sent before it moved, or after 2 MSL")
+def test_the_previous_generation_is_forgotten_once_nothing_of_it_is_in_flight():
+    """A download: the client sends its request under generation 0, then only pure ACKs. Its first ACK after
+    rekey_interval moves it to generation 1 (the server follows); with no new bytes it never moves again (§4), so
+    the server holds generation 0, the one that protected the request, for as long as the connection lives."""
+    from mptcrypt.core.config import Config
+    from test_engine_rekey import kernel_segment
+
+    pair = EnginePair(client=Config(rekey_interval=10.0), server=Config(rekey_interval=10.0), fast_path=False)
+    test_engine_handshake.handshake(pair)
+    pair.send("c", kernel_segment("c", 0, 0, b"GET /big" * 10))
+    captured = pair.wire[-1]  # the request as sealed under generation 0
+    for k in range(1, 5):
+        pair.now = 11.0 * k ** 3  # 11 s, 88 s, 297 s, 704 s
+        pair.send("s", kernel_segment("s", 1000 * (k - 1), 80, b"x" * 1000))
+        pair.send("c", kernel_segment("c", 80, 1000 * k))
+    (sf,) = pair.eng["s"]._t.flows.values()
+    assert pair.eng["s"].stats()["rekeys_followed"] == 1 and pair.eng["c"].stats()["rekeys_sent"] == 1
+    assert sf.rx_prev is None
+    assert pair.inject("s", captured) is Verdict.DROP  # generation 0 no longer opens
