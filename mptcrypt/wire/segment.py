@@ -161,13 +161,18 @@ class Segment:
 
 
 def parse_segment(packet: bytes) -> Segment | None:
-    """The TCP segment in IP `packet`; None when the packet is not a TCP segment we can see (not IP, another
-    transport, a fragment); DecodeError when it claims to be one but its headers are truncated or inconsistent."""
+    """The TCP segment in IP `packet`; None when the packet is not a TCP segment (not IP, another transport);
+    DecodeError when it claims to be one but its headers are truncated or inconsistent, or it is a fragment of
+    one. A fragment is never let through unverified: gateway mode sees forwarded IPv4 fragments when the box runs
+    no conntrack (whose defrag would reassemble them), and the LAN host would reassemble a forged segment behind
+    the daemon's back (as issue 12 item 4 for IPv6). Protected TCP is sent with DF: no real segment is lost."""
     n = len(packet)
     if n >= IPV4_MIN_HEADER_LEN + TCP_HEADER_LEN and packet[0] == 0x45:  # IPv4 without options: one unpack
         _vihl, total, frag, proto, src, dst, sport, dport, seq, ack, off_flags = _V4_TCP.unpack_from(packet)
-        if proto != IPPROTO_TCP or frag & IPV4_FRAG_MASK:  # another transport, or a fragment
+        if proto != IPPROTO_TCP:
             return None
+        if frag & IPV4_FRAG_MASK:
+            raise DecodeError("IPv4 fragment of a TCP segment (a segment is verified whole)")
         if IPV4_MIN_HEADER_LEN + TCP_HEADER_LEN <= total <= n:
             return Segment(packet[:total] if total < n else packet, src, dst, IPV4_MIN_HEADER_LEN, sport, dport,
                            seq, ack, off_flags)
@@ -181,8 +186,10 @@ def parse_segment(packet: bytes) -> Segment | None:
         total = (packet[2] << 8) | packet[3]
         if ihl < IPV4_MIN_HEADER_LEN or total < ihl or total > n:
             raise DecodeError(f"IPv4 header length {ihl} / total length {total} do not fit {n} bytes")
-        if packet[9] != IPPROTO_TCP or ((packet[6] << 8) | packet[7]) & IPV4_FRAG_MASK:
+        if packet[9] != IPPROTO_TCP:
             return None
+        if ((packet[6] << 8) | packet[7]) & IPV4_FRAG_MASK:
+            raise DecodeError("IPv4 fragment of a TCP segment (a segment is verified whole)")
         if total < n:
             packet = packet[:total]
         return _segment_at(packet, packet[12:16], packet[16:20], ihl)

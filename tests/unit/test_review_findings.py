@@ -104,3 +104,23 @@ def test_the_hosts_own_syns_do_not_queue_behind_an_inbound_syn_flood():
                for line in lines)  # the lane inbound SYNs (a flood) go to
     own_syns = [line for line in lines if line.startswith("-A MPTC-OUT") and "--tcp-flags SYN SYN" in line]
     assert own_syns and not any(flood_lane in line for line in own_syns)
+
+
+def test_an_ipv4_fragment_of_a_protected_flow_is_not_let_through_unverified():
+    """Gateway mode (mangle PREROUTING / POSTROUTING) sees forwarded IPv4 fragments as they are when the box does
+    not load conntrack (its defrag runs only with it): the first fragment of a forged segment, a RST here, was
+    `parse_segment -> None -> ACCEPT` and the LAN host, which has no daemon of its own, reassembles and takes it
+    without any MAC. IPv6 fragments were already dropped (issue 12 item 4); host mode is unaffected (Linux
+    reassembles IPv4 before LOCAL_IN). Protected TCP is sent with DF, so no legitimate segment is lost."""
+    from mptcrypt.wire.tcp import RST
+    from test_engine_rekey import kernel_segment
+
+    pair = EnginePair()
+    test_engine_handshake.handshake(pair)
+    rst = bytearray(segment(S_ADDR, 5000, C_ADDR, 40000, SISN + 1, CISN + 1, RST | ACK, []))
+    rst[6] |= 0x20  # More Fragments: the first fragment (offset 0) carries the whole TCP header
+    assert pair.inject("c", bytes(rst)) is Verdict.DROP
+    data = bytearray(kernel_segment("s", 0, 0, b"forged"))
+    data[6:8] = (0x2000 | 0).to_bytes(2, "big")  # MF, offset 0, DF cleared
+    assert pair.inject("c", bytes(data)) is Verdict.DROP
+    assert pair.eng["c"].stats()["malformed_dropped"] == 2
