@@ -43,7 +43,6 @@ def test_a_replayed_join_index_is_refused_after_the_replicas_session_index_overf
     twice, which one worker refuses. The size is 1 here for the test; 65,536 handshakes do it in the daemon."""
     import test_workers
     from mptcrypt.core.config import Config
-    from mptcrypt.core.events import Verdict
     from mptcrypt.daemon import workers
     from mptcrypt.wire.tcp import parse_options
     from pktkit import decode as decode_packet
@@ -121,6 +120,6 @@ def test_an_ipv4_fragment_of_a_protected_flow_is_not_let_through_unverified():
     rst[6] |= 0x20  # More Fragments: the first fragment (offset 0) carries the whole TCP header
     assert pair.inject("c", bytes(rst)) is Verdict.DROP
     data = bytearray(kernel_segment("s", 0, 0, b"forged"))
-    data[6:8] = (0x2000 | 0).to_bytes(2, "big")  # MF, offset 0, DF cleared
+    data[6:8] = (0x2000).to_bytes(2, "big")  # MF, offset 0, DF cleared
     assert pair.inject("c", bytes(data)) is Verdict.DROP
     assert pair.eng["c"].stats()["malformed_dropped"] == 2
