@@ -6,14 +6,16 @@ one). Two chains in the `filter` table, each jumped to from position 1 of its ho
     OUTPUT -> MPTC-OUT                       INPUT -> MPTC-IN
       -m mark --mark INJECT_MARK -j RETURN     -m mark --mark INJECT_MARK -j RETURN
       -o lo -j RETURN                          -i lo -j RETURN
-      -p tcp --tcp-flags SYN SYN [ports] -j NFQUEUE --queue-num N+1 [--queue-bypass]   (both chains)
+                                               -p tcp --tcp-flags SYN SYN [ports] -j NFQUEUE --queue-num N+1
       -p tcp [-m multiport --ports P] -j NFQUEUE --queue-num N [--queue-bypass]
 
-* Two lanes: SYNs and SYN-ACKs go to queue N+1 (`syn_lane_queue`; N+W.. with W workers), every other segment to queue N. The daemon
+* Two lanes: arriving SYNs and SYN-ACKs go to queue N+1 (`syn_lane_queue`; N+W.. with W workers), every other segment to queue N. The daemon
   drains queue N first and takes only a short slice of N+1 per wakeup (daemon/lanes.py), so a flood of spoofed
   SYNs fills and overflows the SYN lane (the kernel drops them there) instead of the queue that carries the
   established connections' segments (issue 12 item 6: one shared queue let a 20k SYN/s flood stall a transfer).
-  Order within a connection is unaffected: a TCP endpoint sends no other segment of a subflow before its SYN or
+  The host's own SYNs and SYN-ACKs stay on queue N: an inbound flood must not delay the SYN-ACK of a client whose
+  SYN got through, a join during a handover, or the host's own connections (and the kernel sends SYN-ACKs only for
+  SYNs the SYN lane passed, so their rate is bounded by it). Order within a connection is unaffected: a TCP endpoint sends no other segment of a subflow before its SYN or
   SYN-ACK has been answered, and the daemon's verdict on it comes first.
 
 With `--workers W` the target is `--queue-balance N:N+W-1`: the kernel spreads flows over W queues by a hash of
@@ -135,7 +137,8 @@ def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_ope
     for _hook, chain, lo_flag in HOOKS:
         lines.append(f"-A {chain} -m mark --mark {INJECT_MARK:#x} -j RETURN")
         lines.append(f"-A {chain} {lo_flag} lo -j RETURN")
-        lines.extend(f"-A {chain} {match} {syn_target}" for match in syns)
+        if chain == CHAIN_IN:  # only what arrives: the host's own SYNs and SYN-ACKs never queue behind a flood
+            lines.extend(f"-A {chain} {match} {syn_target}" for match in syns)
         lines.extend(f"-A {chain} {match} {target}" for match in tcp)
         if chain == CHAIN_IN:
             lines.append(f"-A {chain} {family.too_big} {target}")
@@ -155,7 +158,6 @@ def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple
     out, into = CHAIN_GW_OUT, CHAIN_GW_IN
     lines = [f"-A {out} -d {lan} -j RETURN" for lan in mine]
     lines.append(f"-A {out} -m addrtype --dst-type LOCAL -j RETURN")
-    lines += [f"-A {out} -s {lan} {match} {syn_target}" for lan in mine for match in syns]
     lines += [f"-A {out} -s {lan} {match} {target}" for lan in mine for match in tcp]
     lines.append(f"-A {into} -m mark --mark {INJECT_MARK:#x} -j RETURN")
     lines += [f"-A {into} -d {lan} {family.too_big} {target}" for lan in mine]

@@ -87,22 +87,21 @@ def test_the_previous_generation_is_forgotten_once_nothing_of_it_is_in_flight():
     assert pair.inject("s", captured) is Verdict.DROP  # generation 0 no longer opens
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: the host's own SYNs and SYN-ACKs (OUTPUT) share the SYN "
-                   "lane with the inbound flood, so under a SYN flood the kernel drops them at the full lane "
-                   "(nfq_syn_lane_full): the SYN-ACK of a legitimate client that won the first lottery, MP_JOIN "
-                   "SYN-ACKs (handover) and every outbound connection of the host. Fix (touches the lanes and the "
-                   "benches): OUTPUT SYNs / SYN-ACKs to the segment lane (their rate is the kernel's, at most the "
-                   "SYN lane's throughput for SYN-ACKs) or a third lane; order is kept, the verdict on a flow's SYN "
-                   "comes before any other segment of it")
 def test_the_hosts_own_syns_do_not_queue_behind_an_inbound_syn_flood():
-    from mptcrypt.daemon.iptables import rule_lines, syn_lane_queue
+    """The SYN lane takes only arriving SYNs: the host's own (its SYN-ACKs, its joins, its connections) stay on the
+    segments' queue, so an inbound flood filling the lane cannot drop them (review finding)."""
+    from mptcrypt.daemon.iptables import gateway_rule_lines, rule_lines, syn_lane_queue
 
     lines = rule_lines(5)
     flood_lane = f"--queue-num {syn_lane_queue(5)}"
     assert any(line.startswith("-A MPTC-IN") and "--tcp-flags SYN SYN" in line and flood_lane in line
                for line in lines)  # the lane inbound SYNs (a flood) go to
-    own_syns = [line for line in lines if line.startswith("-A MPTC-OUT") and "--tcp-flags SYN SYN" in line]
-    assert own_syns and not any(flood_lane in line for line in own_syns)
+    outbound = [line for line in lines if line.startswith("-A MPTC-OUT")]
+    assert not any(flood_lane in line for line in outbound)  # the host's own SYNs: the segments' queue
+    assert "-A MPTC-OUT -p tcp -j NFQUEUE --queue-num 5" in outbound
+    gateway = gateway_rule_lines(5, ("192.168.10.0/24",))
+    assert not any(line.startswith("-A MPTC-GW-OUT") and flood_lane in line for line in gateway)
+    assert any(line.startswith("-A MPTC-GW-IN") and flood_lane in line for line in gateway)
 
 
 def test_an_ipv4_fragment_of_a_protected_flow_is_not_let_through_unverified():
