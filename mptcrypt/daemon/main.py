@@ -286,8 +286,7 @@ class Daemon:
             control.attach(selector)
             if metrics is not None:
                 metrics.attach(selector)
-            for fd in worker.filenos():  # either lane's wake-up reads both, the segments first
-                selector.register(fd, selectors.EVENT_READ, lambda _mask: worker.read())
+            worker.attach(selector, lambda _mask: worker.read())
             selector.register(wake_r, selectors.EVENT_READ, lambda _mask: _drain(wake_r))
             log.info(
                 "%s (queue %d, SYN lane %d, ports %s, policy %s, %s%s)",

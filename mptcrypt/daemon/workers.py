@@ -449,8 +449,7 @@ class Worker:
         qworker.on_events = lambda events: send_frame(self.parent, {"events": [event_record(e) for e in events]})
         send_frame(self.parent, {"ready": True, "pid": os.getpid(), "queue": queue_num, "backend": backend})
         selector = selectors.DefaultSelector()
-        for fd in qworker.filenos():  # either lane's wake-up reads both, the segments first
-            selector.register(fd, selectors.EVENT_READ, lambda: qworker.read())
+        qworker.attach(selector, lambda: qworker.read())
         selector.register(self.parent, selectors.EVENT_READ, self._on_parent)
         for sock in self.peers:
             selector.register(sock, selectors.EVENT_READ, replica.drain)

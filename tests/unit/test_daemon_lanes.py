@@ -1,18 +1,35 @@
 """The two queue lanes (daemon/lanes.py): segments before SYNs, the SYN lane's slice bounded, counters summed."""
 
-from mptcrypt.daemon.lanes import SYN_LANE_LEN, SYN_SLICE, Lanes
+import selectors
+
+from mptcrypt.daemon.lanes import SYN_LANE_LEN, SYN_SHARE, SYN_SLICE, Lanes
 from mptcrypt.daemon.nfqueue import EDGE_COUNTERS, MAX_QUEUE_LEN, SLICE
 
 
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
 class FakeLane:
-    def __init__(self, name, log, stats):
+    def __init__(self, name, log, stats, clock=None):
         self.name, self.log, self._stats = name, log, stats
         self.max_len = MAX_QUEUE_LEN
         self.on_events = None
         self.bound = False
+        self.clock = clock or Clock()
+        self.busy = 0.0  # seconds a read takes (a flood in the SYN lane)
+        self.ticks = 0
 
     def read(self, slice_seconds=SLICE):
         self.log.append((self.name, slice_seconds))
+        self.clock.now += self.busy
+
+    def tick(self):
+        self.ticks += 1
 
     def bind(self):
         if self.name == "syns" and self.log == ["fail"]:
@@ -34,8 +51,52 @@ class FakeLane:
 
 def lanes(log, seg_stats=None, syn_stats=None):
     zero = dict.fromkeys(EDGE_COUNTERS, 0)
-    return Lanes(FakeLane("segments", log, {**zero, **(seg_stats or {})}),
-                 FakeLane("syns", log, {**zero, **(syn_stats or {})}))
+    clock = Clock()
+    return Lanes(FakeLane("segments", log, {**zero, **(seg_stats or {})}, clock),
+                 FakeLane("syns", log, {**zero, **(syn_stats or {})}, clock))
+
+
+class FakeSelector:
+    def __init__(self):
+        self.fds = {}
+
+    def register(self, fd, events, data):
+        assert fd not in self.fds and events == selectors.EVENT_READ
+        self.fds[fd] = data
+
+    def unregister(self, fd):
+        del self.fds[fd]
+
+
+def test_a_flooded_syn_lane_rests_out_of_the_selector_and_takes_at_most_its_share():
+    log = []
+    both = lanes(log)
+    sel = FakeSelector()
+    both.attach(sel, "cb")
+    assert sel.fds == {3: "cb", 4: "cb"}
+    both.syns.busy = SYN_SLICE  # every SYN read finds a full slice of work
+    clock = both.segments.clock
+    start, syn_time = clock(), 0.0
+    for _ in range(400):  # the daemon's loop: read what woke it, tick, sleep at most timeout()
+        before = clock()
+        both.read()
+        syn_time += clock() - before
+        assert (4 in sel.fds) == (both._syn_resume is None)
+        both.tick()
+        clock.now += min(both.timeout(1.0), 0.001) if 4 not in sel.fds else 0.0
+    share = syn_time / (clock() - start)
+    assert 0.8 * SYN_SHARE <= share <= SYN_SHARE + 0.01  # all the time it may have, no more
+    assert sum(1 for name, _ in log if name == "segments") == 400  # the segments are read on every wake-up
+
+
+def test_a_quiet_syn_lane_never_rests():
+    both = lanes([])
+    sel = FakeSelector()
+    both.attach(sel, "cb")
+    for _ in range(10):
+        both.read()
+        both.tick()
+    assert 4 in sel.fds and both._syn_resume is None
 
 
 def test_a_wakeup_drains_segments_first_then_a_short_slice_of_syns():
@@ -52,7 +113,7 @@ def test_a_wakeup_drains_segments_first_then_a_short_slice_of_syns():
 
 def test_the_segment_lane_answers_for_timers_and_events():
     both = lanes([])
-    assert both.timeout(1.0) == 0.25  # delegated to the segment lane
+    assert both.timeout(1.0) == 0.25  # the segment lane's, while the SYN lane does not rest
     both.on_events = print
     assert both.segments.on_events is print and both.syns.on_events is print
 
