@@ -11,7 +11,7 @@ A legitimate SYN lost in a flood is retransmitted by its sender, as with any SYN
 
 Under a flood the SYN lane never runs dry, and a daemon busy with it all the time would take a core from the
 kernel and the applications whose segments it protects (on the 2-vCPU lab machine that alone halved a transfer).
-So after a SYN slice that found work the lane rests in proportion (SYN_SHARE of the time at most): its socket is
+So after a SYN slice that ran out with SYNs left the lane rests in proportion (SYN_SHARE of the time at most): its socket is
 taken out of the selector until then, the segment lane and everything else run as usual, and the kernel drops the
 SYNs that do not fit the lane.
 
@@ -27,7 +27,6 @@ from mptcrypt.daemon.nfqueue import SLICE, QueueWorker
 
 SYN_SLICE = 0.002  # seconds of SYN handling per wakeup (at least one batch): ~30 SYNs at ~70 µs each
 SYN_SHARE = 0.25  # at most this share of the time goes to SYNs while they keep coming: the rest is the host's
-SYN_REST_MIN = 0.0005  # a SYN read shorter than this (a few SYNs, no flood) rests nothing
 SYN_BATCH = 16  # SYNs per recvmmsg (batched backend): a batch read is handled whole, so it bounds a slice's overrun
 SYN_LANE_LEN = 1024  # SYNs the kernel may hold for the lane; beyond, it drops them (fail-closed, as any full queue)
 LANE_COUNTERS = (
@@ -95,7 +94,8 @@ class Lanes:
         start = clock()
         self.syns.read(SYN_SLICE)
         spent = clock() - start
-        if spent >= SYN_REST_MIN:
+        if spent >= SYN_SLICE:  # the slice ran out with SYNs left: a flood. One slow SYN (a handshake's public-key
+            # work, ~1 ms) must not rest the lane: a join's SYN-ACK right behind it would wait the rest out
             self._rest(clock() + spent * (1 - SYN_SHARE) / SYN_SHARE)
 
     def _rest(self, until: float) -> None:
