@@ -121,6 +121,13 @@ def syn_lane_queue(queue_num: int, workers: int = 1) -> int:
     return queue_num + workers
 
 
+# Arriving SYNs beyond this rate are dropped by the kernel before they reach the SYN lane (xt_limit's highest rate):
+# building a queue message costs the kernel as much for a SYN the full lane then drops as for one it keeps, and at
+# 220k spoofed SYNs/s that work alone took a core from the connections the daemon protects. The daemon takes fewer
+# than this in a flood (daemon/lanes.py), and legitimate new connections arrive far below it.
+SYN_LANE_RATE = "-m limit --limit 10000/sec --limit-burst 10000"
+
+
 def _tcp_matches(ports: tuple[tuple[int, int], ...], syn: bool = False) -> list[str]:
     """One match per multiport spec (every port: one match); `syn`: only segments with SYN set (SYN, SYN-ACK)."""
     proto = "-p tcp --tcp-flags SYN SYN" if syn else "-p tcp"
@@ -138,7 +145,8 @@ def rule_lines(queue_num: int, ports: tuple[tuple[int, int], ...] = (), fail_ope
         lines.append(f"-A {chain} -m mark --mark {INJECT_MARK:#x} -j RETURN")
         lines.append(f"-A {chain} {lo_flag} lo -j RETURN")
         if chain == CHAIN_IN:  # only what arrives: the host's own SYNs and SYN-ACKs never queue behind a flood
-            lines.extend(f"-A {chain} {match} {syn_target}" for match in syns)
+            lines.extend(f"-A {chain} {match} {SYN_LANE_RATE} {syn_target}" for match in syns)
+            lines.extend(f"-A {chain} {match} -j DROP" for match in syns)  # over the rate
         lines.extend(f"-A {chain} {match} {target}" for match in tcp)
         if chain == CHAIN_IN:
             lines.append(f"-A {chain} {family.too_big} {target}")
@@ -163,7 +171,8 @@ def gateway_rule_lines(queue_num: int, lans: tuple[str, ...], ports: tuple[tuple
     lines += [f"-A {into} -d {lan} {family.too_big} {target}" for lan in mine]
     lines.append(f"-A {into} -m addrtype --src-type LOCAL -j RETURN")
     lines += [f"-A {into} -s {lan} -j RETURN" for lan in mine]
-    lines += [f"-A {into} -d {lan} {match} {syn_target}" for lan in mine for match in syns]
+    lines += [f"-A {into} -d {lan} {match} {SYN_LANE_RATE} {syn_target}" for lan in mine for match in syns]
+    lines += [f"-A {into} -d {lan} {match} -j DROP" for lan in mine for match in syns]  # over the rate
     lines += [f"-A {into} -d {lan} {match} {target}" for lan in mine for match in tcp]
     lines += [f"-I {hook} 1 -j {chain}" for hook, chain, _ in GW_HOOKS]
     return lines

@@ -157,7 +157,7 @@ def start(net):
         stop(proc, timeout=5, remove_log=True)
 
 
-RULE_LINES = 2 * 12  # lines of iptables-save mentioning MPTC: per family 2 chains, 2 jumps, 8 rules (1 SYN lane, 1 ICMP "too big")
+RULE_LINES = 2 * 13  # lines of iptables-save mentioning MPTC: per family 2 chains, 2 jumps, 9 rules (SYN lane + its DROP, ICMP "too big")
 
 
 def test_traffic_status_second_daemon_and_clean_stop(start):

@@ -170,7 +170,9 @@ def test_rules_all_ports_fail_closed():
         "-A MPTC-OUT -p tcp -j NFQUEUE --queue-num 4242",
         "-A MPTC-IN -m mark --mark 0x4d50 -j RETURN",
         "-A MPTC-IN -i lo -j RETURN",
-        "-A MPTC-IN -p tcp --tcp-flags SYN SYN -j NFQUEUE --queue-num 4243",
+        "-A MPTC-IN -p tcp --tcp-flags SYN SYN -m limit --limit 10000/sec --limit-burst 10000 -j NFQUEUE "
+        "--queue-num 4243",
+        "-A MPTC-IN -p tcp --tcp-flags SYN SYN -j DROP",  # arriving SYNs over the SYN lane's rate
         "-A MPTC-IN -p tcp -j NFQUEUE --queue-num 4242",
         "-A MPTC-IN -p icmp --icmp-type fragmentation-needed -j NFQUEUE --queue-num 4242",
         "-I OUTPUT 1 -j MPTC-OUT",
@@ -184,8 +186,8 @@ def test_rules_ports_and_fail_open():
     queued = [line for line in lines if "NFQUEUE" in line]
     assert queued == [
         "-A MPTC-OUT -p tcp -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 7 --queue-bypass",
-        "-A MPTC-IN -p tcp --tcp-flags SYN SYN -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 8 "
-        "--queue-bypass",
+        "-A MPTC-IN -p tcp --tcp-flags SYN SYN -m multiport --ports 22,5000:5100 -m limit --limit 10000/sec "
+        "--limit-burst 10000 -j NFQUEUE --queue-num 8 --queue-bypass",
         "-A MPTC-IN -p tcp -m multiport --ports 22,5000:5100 -j NFQUEUE --queue-num 7 --queue-bypass",
         "-A MPTC-IN -p icmp --icmp-type fragmentation-needed -j NFQUEUE --queue-num 7 --queue-bypass",
     ]
@@ -207,9 +209,9 @@ def test_gateway_rules_queue_forwarded_lan_traffic_by_family():
     v4 = iptables.gateway_rule_lines(5, lans, ((80, 80),))
     assert "-A MPTC-GW-OUT -s 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5" in v4
     assert "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5" in v4
-    syn_lane = "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp --tcp-flags SYN SYN -m multiport --ports 80 -j NFQUEUE " \
-               "--queue-num 6"  # the SYN lane, before the segments' rule
-    assert v4.index(syn_lane) + 1 == v4.index(
+    syn_lane = "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp --tcp-flags SYN SYN -m multiport --ports 80 -m limit " \
+               "--limit 10000/sec --limit-burst 10000 -j NFQUEUE --queue-num 6"  # the SYN lane, then over-rate DROP
+    assert v4.index(syn_lane) + 2 == v4.index(
         "-A MPTC-GW-IN -d 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5")
     assert v4.index("-A MPTC-GW-OUT -d 192.168.10.0/24 -j RETURN") < v4.index(
         "-A MPTC-GW-OUT -s 192.168.10.0/24 -p tcp -m multiport --ports 80 -j NFQUEUE --queue-num 5")  # LAN to LAN
