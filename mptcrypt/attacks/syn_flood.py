@@ -49,7 +49,7 @@ ATTACK_AFTER = 0.5  # seconds after the victim's SYN: the bulk upload is under w
 FAST, PACED = "fast", "paced"
 PACED_RATE = 20_000  # SYNs a second: about what the server daemon takes in, so every SYN reaches its table
 BULK_SECONDS = {FAST: 4.0, PACED: 7.0}  # the paced flood lasts 5 s
-SMALL_TABLE = 4096  # the server daemon's flow table for the paced flood (default 65536): what reaches it through the SYN lane fills it
+SMALL_TABLE = 4096  # the server daemon's flow table for the paced flood (default 65536): the SYN lane's share fills it
 AFTER_FLOOD = 1.0  # the flood's window lasts this long after its last SYN (the queue drains)
 MIN_RATIO = 0.5
 

@@ -9,14 +9,15 @@ one). Two chains in the `filter` table, each jumped to from position 1 of its ho
                                                -p tcp --tcp-flags SYN SYN [ports] -j NFQUEUE --queue-num N+1
       -p tcp [-m multiport --ports P] -j NFQUEUE --queue-num N [--queue-bypass]
 
-* Two lanes: arriving SYNs and SYN-ACKs go to queue N+1 (`syn_lane_queue`; N+W.. with W workers), every other segment to queue N. The daemon
-  drains queue N first and takes only a short slice of N+1 per wakeup (daemon/lanes.py), so a flood of spoofed
-  SYNs fills and overflows the SYN lane (the kernel drops them there) instead of the queue that carries the
-  established connections' segments (issue 12 item 6: one shared queue let a 20k SYN/s flood stall a transfer).
-  The host's own SYNs and SYN-ACKs stay on queue N: an inbound flood must not delay the SYN-ACK of a client whose
-  SYN got through, a join during a handover, or the host's own connections (and the kernel sends SYN-ACKs only for
-  SYNs the SYN lane passed, so their rate is bounded by it). Order within a connection is unaffected: a TCP endpoint sends no other segment of a subflow before its SYN or
-  SYN-ACK has been answered, and the daemon's verdict on it comes first.
+* Two lanes: arriving SYNs and SYN-ACKs go to queue N+1 (`syn_lane_queue`; N+W.. with W workers), every other segment
+  to queue N. The daemon drains queue N first and takes only a short slice of N+1 per wakeup (daemon/lanes.py), so a
+  flood of spoofed SYNs fills and overflows the SYN lane (the kernel drops them there) instead of the queue that
+  carries the established connections' segments (issue 12 item 6: one shared queue let a 20k SYN/s flood stall a
+  transfer). The host's own SYNs and SYN-ACKs stay on queue N: an inbound flood must not delay the SYN-ACK of a client
+  whose SYN got through, a join during a handover, or the host's own connections (and the kernel sends SYN-ACKs only
+  for SYNs the SYN lane passed, so their rate is bounded by it). Order within a connection is unaffected: a TCP
+  endpoint sends no other segment of a subflow before its SYN or SYN-ACK has been answered, and the daemon's verdict
+  on it comes first.
 
 With `--workers W` the target is `--queue-balance N:N+W-1`: the kernel spreads flows over W queues by a hash of
 the address pair (the same in both directions), one worker process per queue (daemon/workers.py).
