@@ -1,13 +1,14 @@
 """Two queue lanes for one engine: established segments first, SYNs in what time is left.
 
-The rules (daemon/iptables.py) put arriving SYNs and SYN-ACKs on their own queue, the SYN lane (`syn_lane_queue`),
-and every other segment, the host's own SYNs included, on the daemon's queue. With one shared queue, spoofed SYNs
-(each a new half-open flow, ~70 µs of engine work) arriving faster than the daemon takes them filled the queue, and
-the kernel then dropped the segments of established protected connections with them: a 20k SYN/s flood cut a bulk
-transfer to 0.01-0.12x of its rate (issue 12 item 6; RFC 4987 §2 on the cost asymmetry). Now a wakeup drains the
-segment lane (its slice), then takes at most SYN_SLICE of the SYN lane. A flood fills the SYN lane's short queue (SYN_LANE_LEN) and the kernel
-drops the excess there (counted as `nfq_syn_lane_full`), never in front of an established connection's segments.
-A legitimate SYN lost in a flood is retransmitted by its sender, as with any SYN flood (the kernel's own backlog).
+The rules (daemon/iptables.py) put arriving SYNs and SYN-ACKs on their own queue, the SYN lane (`syn_lane_queue`), and
+every other segment, the host's own SYNs included, on the daemon's queue. With one shared queue, spoofed SYNs (each a
+new half-open flow, ~70 µs of engine work) arriving faster than the daemon takes them filled the queue, and the kernel
+then dropped the segments of established protected connections with them: a 20k SYN/s flood cut a bulk transfer to
+0.01-0.12x of its rate (issue 12 item 6; RFC 4987 §2 on the cost asymmetry). Now a wakeup drains the segment lane (its
+slice), then takes at most SYN_SLICE of the SYN lane. A flood fills the SYN lane's short queue (SYN_LANE_LEN) and the
+kernel drops the excess there (counted as `nfq_syn_lane_full`), never in front of an established connection's
+segments. A legitimate SYN lost in a flood is retransmitted by its sender, as with any SYN flood (the kernel's own
+backlog).
 
 Under a flood the SYN lane never runs dry, and a daemon busy with it all the time would take a core from the
 kernel and the applications whose segments it protects (on the 2-vCPU lab machine that alone halved a transfer).
