@@ -275,13 +275,16 @@ class Daemons:
             except (ConnectionRefusedError, FileNotFoundError):
                 return {}  # no daemon at this moment (a cell restarting it): nothing to report
 
-            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
             buf = b""
-            while b"\n" not in buf:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                buf += chunk
+            try:
+                sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+                while b"\n" not in buf:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        break
+                    buf += chunk
+            except (ConnectionResetError, BrokenPipeError):
+                return {}  # the daemon exited while answering (a cell restarting it): nothing to report
         finally:
             sock.close()
             try:
