@@ -427,7 +427,7 @@ def test_ctrl_c_and_a_crash_leave_nothing_behind(make_net):
     ids = _ns_ids(["mptc-client", "mptc-server"])
     assert len(ids) == 2
     child.send_signal(signal.SIGINT)  # Ctrl-C: KeyboardInterrupt unwinds through Net.__exit__
-    child.wait(timeout=20)
+    child.wait(timeout=60)  # 20 s ran out twice late in fresh-clone runs of the whole suite (a loaded machine)
     assert _all_gone(ids)
     assert _not_my_record(child.pid)
 
