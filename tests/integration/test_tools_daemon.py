@@ -247,7 +247,7 @@ def test_decrypt_a_captured_transfer_and_flag_a_tampered_segment(env):
     from mptcrypt.wireshark.pcapng import Frame, read_frames, write_pcapng
 
     keys = os.path.join(env["tmp"], "client.keys")
-    plain_hits = 0
+    plain_hits = verified = 0
     for pcap in env["pcaps"]:
         with open(pcap, "rb") as fh:
             assert MARKER.encode() not in fh.read()  # the link never carried the plaintext
@@ -261,8 +261,10 @@ def test_decrypt_a_captured_transfer_and_flag_a_tampered_segment(env):
         assert all(r["mptcrypt.verdict"] == "MAC ok" for r in rows)
         assert all("fd0c4d50" not in r["tcp.options"] for r in rows)  # MAC option removed
         verdicts = tshark_fields(out, ["mptcrypt.verdict"], "mptcrypt.verdict")
-        assert verdicts and all(v["mptcrypt.verdict"] == "MAC ok" for v in verdicts)
-    assert plain_hits >= 1
+        assert all(v["mptcrypt.verdict"] == "MAC ok" for v in verdicts)
+        verified += len(verdicts)
+    # a short transfer may end before the scheduler uses the join subflow: its path then carries only the handshake
+    assert plain_hits >= 1 and verified > 0
 
     # one data segment of path 1 with a flipped payload bit: the tool says bad MAC, the dissector shows it
     frames = list(read_frames(open(env["pcaps"][0], "rb").read()))
