@@ -25,6 +25,7 @@ from __future__ import annotations
 import selectors
 
 from mptcrypt.daemon.nfqueue import SLICE, QueueWorker
+from mptcrypt.daemon.queue_batched import make_queue_worker
 
 SYN_SLICE = 0.002  # seconds of SYN handling per wakeup (at least one batch): ~30 SYNs at ~70 µs each
 SYN_SHARE = 0.25  # at most this share of the time goes to SYNs while they keep coming: the rest is the host's
@@ -126,6 +127,13 @@ class Lanes:
         """Both lanes' counters summed (EDGE_COUNTERS), and the SYN lane's own two (LANE_COUNTERS)."""
         seg, syn = self.segments.stats(), self.syns.stats()
         merged = {name: value + syn.get(name, 0) for name, value in seg.items()}
-        merged["nfq_syn_lane"] = syn.get("nfq_packets", 0)
-        merged["nfq_syn_lane_full"] = syn.get("nfq_queue_full", 0)
+        packets, full = LANE_COUNTERS
+        merged[packets] = syn.get("nfq_packets", 0)
+        merged[full] = syn.get("nfq_queue_full", 0)
         return merged
+
+
+def make_lanes(backend: str, engine, queue_num: int, syn_queue: int, send) -> tuple[Lanes, str]:
+    """Both lanes of `engine` on the NFQUEUE edge `backend` (make_queue_worker), and the line saying which runs."""
+    segments, which = make_queue_worker(backend, engine, queue_num, send)
+    return Lanes(segments, make_queue_worker(backend, engine, syn_queue, send)[0]), which

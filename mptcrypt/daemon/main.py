@@ -43,8 +43,8 @@ from mptcrypt.daemon.keylog import KeyLog
 from mptcrypt.daemon.metrics import MetricsServer, exposition
 from mptcrypt.daemon.monitor import event_record
 from mptcrypt.daemon.notify import Notifier
-from mptcrypt.daemon.lanes import Lanes
-from mptcrypt.daemon.queue_batched import DEFAULT_QUEUE_BACKEND, make_queue_worker
+from mptcrypt.daemon.lanes import Lanes, make_lanes
+from mptcrypt.daemon.queue_batched import DEFAULT_QUEUE_BACKEND
 from mptcrypt.daemon.rawsock import RawSocket
 from mptcrypt.errors import AlreadyRunningError, ConfigError, MptcryptError, NotRootError
 from mptcrypt.wire.messages import PROTOCOL_VERSION
@@ -269,9 +269,9 @@ class Daemon:
             # ICMP "too big" -> MTU minus the MAC option, else the engine; a router's forwarding path checks the device
             # MTU, not the learned one, so a gateway need not resend anything through the raw socket
             self.clamp = TooBigClamp(self.engine, resend=not self.gateway_lans)
-            worker, backend = make_queue_worker(self.queue_backend, self.clamp, config.queue_num, raw.send)
-            syn_lane, _ = make_queue_worker(self.queue_backend, self.clamp, syn_lane_queue(config.queue_num), raw.send)
-            worker = Lanes(worker, syn_lane)  # SYNs on their own queue: a SYN flood cannot stall established flows
+            # SYNs on their own queue: a SYN flood cannot stall established flows
+            worker, backend = make_lanes(self.queue_backend, self.clamp, config.queue_num,
+                                         syn_lane_queue(config.queue_num), raw.send)
             self.worker = worker
             log.info("queue backend: %s", backend)
             where = "in the queue's C drain" if getattr(worker, "backend", "") == "batched" else "in Engine.handle"

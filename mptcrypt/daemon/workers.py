@@ -416,9 +416,8 @@ class Worker:
         from mptcrypt.daemon.icmp_edge import TooBigClamp
         from mptcrypt.daemon.iptables import syn_lane_queue
         from mptcrypt.daemon.keylog import KeyLog
-        from mptcrypt.daemon.lanes import Lanes
+        from mptcrypt.daemon.lanes import make_lanes
         from mptcrypt.daemon.main import Daemon, make_engine
-        from mptcrypt.daemon.queue_batched import make_queue_worker
         from mptcrypt.daemon.rawsock import RawSocket
         from mptcrypt.daemon.monitor import event_record
         from mptcrypt.wire.messages import PROTOCOL_VERSION
@@ -437,8 +436,7 @@ class Worker:
         syn_queue = syn_lane_queue(self.config.queue_num, self.count) + self.index  # the same hash picks both
         backend_name = opts.get("queue_backend", "netfilterqueue")
         try:
-            segments, backend = make_queue_worker(backend_name, clamp, queue_num, raw.send)
-            qworker = Lanes(segments, make_queue_worker(backend_name, clamp, syn_queue, raw.send)[0])
+            qworker, backend = make_lanes(backend_name, clamp, queue_num, syn_queue, raw.send)
             qworker.bind()
         except MptcryptError as exc:
             send_frame(self.parent, {"ready": False, "error": str(exc)})
