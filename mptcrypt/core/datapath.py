@@ -12,7 +12,7 @@ declines (SYN/FIN/RST, options other than DSS, stale segments, MAC failures, a d
 
 from __future__ import annotations
 
-from mptcrypt.constants import MAC_OPTION_LEN, TCP_MAX_OPTION_SPACE
+from mptcrypt.constants import MAC_OPTION_LEN, TCP_MAX_OPTION_SPACE, TCPOPT_TIMESTAMP
 from mptcrypt.core import mptcp
 from mptcrypt.core.events import DROP, Result, Verdict
 from mptcrypt.core.session import Subflow
@@ -21,6 +21,7 @@ from mptcrypt.core.table import Table
 from mptcrypt.crypto import segment
 from mptcrypt.errors import DecodeError
 from mptcrypt.wire import rewrite
+from mptcrypt.wire.compact import compact_option_area
 from mptcrypt.wire.mptcp import Subtype
 from mptcrypt.wire.segment import Segment, parse_segment
 from mptcrypt.wire.tcp import ACK, FIN, RST
@@ -91,7 +92,8 @@ def unprotect(t: Table, sf: Subflow, seg: Segment, now: float) -> Result | None:
     if end < sf.in_ref or ext_ack < sf.in_ack_max:
         # older than what this subflow already verified: a retransmission, reordering, or a replay. MPTCP
         # signals on it are not acted on (issue 12 item 9: a verified pure ACK with MP_PRIO / REMOVE_ADDR /
-        # ADD_ADDR replayed later would verify again; timestamps, hence PAWS, are off on protected flows)
+        # ADD_ADDR replayed later would verify again; PAWS cannot be counted on: a segment with ADD_ADDR leaves
+        # without timestamps, and join subflows start from a zero timestamp)
         if _carries_signal(seg):
             t.count_rare("stale_signals_dropped", "stale-signal", sf.key,
                          "MPTCP signal on a segment older than the subflow's newest; dropped")
@@ -151,17 +153,24 @@ def _carries_signal(seg: Segment) -> bool:
 
 
 def _no_room(t: Table, sf: Subflow, seg: Segment, now: float, ext_seq: int, ext_ack: int) -> Result:
-    """Kernel options leave no room for the MAC (docs/option-budget.md).
+    """Kernel options leave no room for the MAC even in their compact form (docs/option-budget.md).
 
-    SACK blocks are trimmed first (RFC 2018 §4: the peer keeps the older news). Without timestamps the other case
-    is Linux putting a pending REMOVE_ADDR, MP_PRIO or MP_FAIL beside a data segment's 28-byte DSS. Linux forgets
-    the signal once written, so dropping the segment would lose it: the signal moves to a pure ACK of our own at
-    the segment's end (in window, so the peer kernel processes its options), both protected. Anything else is
-    dropped and counted, never sent in plain."""
-    trimmed = rewrite.trim_sack(seg.option_bytes(), TCP_MAX_OPTION_SPACE - MAC_OPTION_LEN)
+    SACK blocks are trimmed first (RFC 2018 §4: the peer keeps the older news). Then the timestamps option goes:
+    beside a long MPTCP option (MP_CAPABLE or MP_JOIN on the third ACK, ADD_ADDR, a DSS with its checksum) the
+    segment leaves without it (the receiving kernel takes a segment without timestamps, it only skips PAWS and
+    the RTT sample for it). Last, Linux may put a pending REMOVE_ADDR, MP_PRIO or MP_FAIL beside a data
+    segment's DSS. Linux forgets the signal once written, so dropping the segment would lose it: the signal
+    moves to a pure ACK of our own at the segment's end (in window, so the peer kernel processes its options),
+    both protected. Anything else is dropped and counted, never sent in plain."""
+    compact = compact_option_area(seg.option_bytes())
+    trimmed = rewrite.trim_sack(compact, TCP_MAX_OPTION_SPACE - MAC_OPTION_LEN)
     if trimmed is not None:
         t.counters["sack_trimmed"] += 1
         return protect(t, sf, parse_segment(rewrite.with_option_area(seg, trimmed)), now)
+    untimed = rewrite.without_kind(compact, TCPOPT_TIMESTAMP)
+    if untimed is not None:
+        t.counters["timestamps_removed"] += 1
+        return protect(t, sf, parse_segment(rewrite.with_option_area(seg, untimed)), now)
     split = rewrite.split_signals(seg, SPLIT_SUBTYPES)
     if split is None or MAC_OPTION_LEN + max(len(split[0]), len(split[1])) > TCP_MAX_OPTION_SPACE:
         t.counters["option_overflow"] += 1

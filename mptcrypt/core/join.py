@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import hmac
 
-from mptcrypt.constants import TCPOPT_TIMESTAMP
 from mptcrypt.core import mptcp, state
 from mptcrypt.core.config import Policy
 from mptcrypt.core.events import ACCEPT, DROP, Result, Verdict
 from mptcrypt.core.session import Connection, Session, Subflow
 from mptcrypt.core.state import Ev
-from mptcrypt.core.synopts import clean_syn, rewritten
+from mptcrypt.core.synopts import clean_syn, kernel_tsval, rewritten
 from mptcrypt.core.table import Table
 from mptcrypt.crypto import keyschedule as ks
 from mptcrypt.wire import messages as m
 from mptcrypt.wire.mptcp import MptcpOption, encode_mptcp
 from mptcrypt.wire.segment import Segment, parse_segment
+
+
+# the timestamps option a responder's daemon gives its kernel in a join or resumed SYN that arrived without one:
+# tsval 0 (Linux takes a zero ts_recent as "none yet", so the initiator's first real tsval passes PAWS), tsecr 0
+RESTORED_SYN_TS = (0, 0)
 
 
 # --- what the proofs bind (docs/protocol.md §6, §7; crypto/keyschedule.nextk*_context) ---------------------------
@@ -60,7 +64,9 @@ def send_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     sf.hs.join_syn = mp_join_bytes(mpj)
     ss = conn.session.chain.ss(sf.index)
     proof = ks.join_proof(ss, False, ks.nextk1_join_context(seq, sf.index, sf.hs.join_syn))
-    return rewritten(t, seg, add=m.NextK1Join(sf.index, proof).encode(), strip=(TCPOPT_TIMESTAMP,))
+    # no room for timestamps beside MP_JOIN and NEXTK1: rewritten drops them, the peer's daemon restores them
+    sf.hs.syn_tsval = kernel_tsval(seg)
+    return rewritten(t, seg, add=m.NextK1Join(sf.index, proof).encode())
 
 
 def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOption, now: float) -> Result:
@@ -92,7 +98,7 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     _join_subflow(sf, conn, mpj, msg.index)
     sf.hs.join_syn = join_syn
     t.register_resume(conn.session)
-    return clean_syn(t, seg)
+    return clean_syn(t, seg, restore_ts=RESTORED_SYN_TS)
 
 
 def _join_subflow(sf: Subflow, conn, mpj: MptcpOption, index: int) -> None:
@@ -165,7 +171,7 @@ def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume,
             sf.conn = Connection(session, index, resumed=True)
             sf.index, sf.resumed = index, True
             t.register_resume(session)
-            return clean_syn(t, seg)
+            return clean_syn(t, seg, restore_ts=RESTORED_SYN_TS)
     t.counters["resume_fallbacks"] += 1  # unknown or stale: run the full handshake instead
     return None
 
@@ -205,4 +211,5 @@ def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2, now: float) 
         t.claim(sf.conn.session, index, sf.key)
         mptcp.remember_syn_key(sf, seg, local=False)
     t.keyed(sf, not sf.join, now)
-    return clean_syn(t, seg)
+    tsval = sf.hs.syn_tsval
+    return clean_syn(t, seg, restore_ts=None if tsval is None else (0, tsval))

@@ -7,6 +7,7 @@ from mptcrypt.core.events import Result, Verdict
 from mptcrypt.core.table import Table
 from mptcrypt.wire import rewrite
 from mptcrypt.wire.segment import Segment
+from mptcrypt.wire.tcp import TCPOLEN_TIMESTAMP, find_option, option_value, timestamp_option
 
 
 def rewritten(t: Table, seg: Segment, add: bytes = b"", strip=(), clamp: bool = False) -> Result:
@@ -25,8 +26,22 @@ def rewritten(t: Table, seg: Segment, add: bytes = b"", strip=(), clamp: bool = 
     return Result(Verdict.ACCEPT, packet)
 
 
-def clean_syn(t: Table, seg: Segment) -> Result:
-    """Inbound SYN or SYN-ACK for our kernel: no timestamps (their 12 bytes go to the MAC), no mptcrypt
-    option, MSS clamped. SACK-permitted stays, on joins too (loss recovery after a handover; the data path trims
-    SACK blocks to fit the MAC, docs/option-budget.md)."""
-    return rewritten(t, seg, strip=(TCPOPT_TIMESTAMP, TCPOPT_EXP), clamp=True)
+def clean_syn(t: Table, seg: Segment, restore_ts: tuple[int, int] | None = None) -> Result:
+    """Inbound SYN or SYN-ACK for our kernel: no mptcrypt option, MSS clamped, timestamps kept (with them the
+    compact option form leaves the MAC its room, docs/option-budget.md). SACK-permitted stays, on joins too.
+
+    `restore_ts` (tsval, tsecr) gives the kernel a timestamps option when the segment has none: a join's or a
+    resumed connection's SYN and SYN-ACK have no room for one beside NEXTK1 / NEXTK2, so the sender's daemon
+    removed it, and the receiving daemon puts one back for its kernel (docs/protocol.md §6). Its tsval is 0,
+    which RFC 7323 implementations take as "no timestamp yet" (Linux `tcp_paws_check`): the peer kernel's first
+    real tsval then passes PAWS whatever its value."""
+    add = b""
+    if restore_ts is not None and kernel_tsval(seg) is None:
+        add = timestamp_option(*restore_ts).encode()
+    return rewritten(t, seg, add=add, strip=(TCPOPT_EXP,), clamp=True)
+
+
+def kernel_tsval(seg: Segment) -> int | None:
+    """The tsval of the segment's timestamps option, None without one."""
+    opt = find_option(seg.tcp_options(), TCPOPT_TIMESTAMP)
+    return option_value(opt)[0] if opt is not None and opt.size == TCPOLEN_TIMESTAMP else None

@@ -38,7 +38,7 @@ COUNTERS = (
     "pk_keygen", "pk_ops", "pk_handshakes", "handshakes_completed", "resumptions", "resume_fallbacks",
     "joins_protected", "joins_refused", "joins_zero_pk", "held", "held_overflow", "released",
     "init_retransmits", "handshake_failures", "fallbacks_plain", "refused_policy", "option_overflow",
-    "signals_split", "sack_trimmed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
+    "signals_split", "sack_trimmed", "timestamps_removed", "syn_on_live_flow_dropped", "connections_reclaimed", "flows_tracked_max",
     "token_collisions_refused", "idle_kept_alive", "init_out_of_sequence", "half_open_evicted",
     "syn_data_removed", "stale_signals_dropped", "downgrades_detected", "sessions_expired",
     "rekeys_sent", "rekeys_followed",

@@ -495,22 +495,96 @@ check_extension(const unsigned char *tcp, uint64_t ext_seq, uint64_t ext_ack)
     return 0;
 }
 
+/* wire/compact.py dss_short_form: a DSS option with an 8-byte data ACK / DSN written in 4 bytes (their low 32
+   bits, flags a / m cleared) into `out`; its size, or 0 when there is nothing to shorten (or its length does not
+   match its flags): the caller copies it as it is */
+static size_t
+dss_short_form(const unsigned char *o, size_t len, unsigned char *out)
+{
+    unsigned flags = o[3];
+    size_t ack_len = flags & 0x01 ? (flags & 0x02 ? 8 : 4) : 0;
+    size_t dsn_len = flags & 0x04 ? (flags & 0x08 ? 8 : 4) : 0;
+    size_t expected = 4 + ack_len + (dsn_len ? dsn_len + 6 : 0);
+    if ((ack_len != 8 && dsn_len != 8) || !(len == expected || (dsn_len && len == expected + 2)))
+        return 0;
+    size_t i = 4, n = 4;
+    memcpy(out, o, 4);
+    if (ack_len) {
+        memcpy(out + n, o + i + ack_len - 4, 4);
+        i += ack_len;
+        n += 4;
+    }
+    if (dsn_len) {
+        memcpy(out + n, o + i + dsn_len - 4, 4);
+        i += dsn_len;
+        n += 4;
+    }
+    memcpy(out + n, o + i, len - i);
+    n += len - i;
+    out[1] = (unsigned char)n;
+    out[3] = (unsigned char)(flags & ~((ack_len ? 0x02u : 0u) | (dsn_len ? 0x08u : 0u)));
+    return n;
+}
+
+/* wire/compact.py compact_option_area: the option area without NOPs (nor an EOL and what follows), DSS in its
+   short form, NOPs appended to a multiple of 4, into `out` (TCP_MAX_OPTION_SPACE bytes); its size, or -1 when an
+   option's length is below 2 or runs past the end (the area stays as it is) */
+static Py_ssize_t
+compact_options(const unsigned char *o, size_t len, unsigned char *out)
+{
+    size_t i = 0, n = 0;
+    while (i < len) {
+        unsigned kind = o[i];
+        if (kind == 0)
+            break;
+        if (kind == 1) {
+            i++;
+            continue;
+        }
+        if (i + 2 > len || o[i + 1] < 2 || i + o[i + 1] > len)
+            return -1;
+        size_t size = o[i + 1], done = 0;
+        if (kind == 30 && size >= 4 && o[i + 2] >> 4 == 2)
+            done = dss_short_form(o + i, size, out + n);
+        if (!done) {
+            memcpy(out + n, o + i, size);
+            done = size;
+        }
+        n += done;
+        i += size;
+    }
+    while (n % 4)
+        out[n++] = 1;
+    return (Py_ssize_t)n;
+}
+
 /*
  * The on-wire packet for kernel packet `in` (`len` bytes, TCP header at `l4` of `hlen` bytes, both checked by the
- * caller) into `out` (`cap` bytes): 1 with *out_len set, 0 when its options leave no room for the MAC option,
- * -1 with a Python error (ValueError for bad input, RuntimeError from OpenSSL, ENOMEM-free: out is the caller's).
+ * caller) into `out` (`cap` bytes): 1 with *out_len set, 0 when its options leave no room for the MAC option even
+ * in their compact form (which the MAC then covers), -1 with a Python error (ValueError for bad input,
+ * RuntimeError from OpenSSL, ENOMEM-free: out is the caller's).
  */
 static int
 seal_into(SegmentCipherObject *self, const unsigned char *in, Py_ssize_t len, Py_ssize_t l4, int hlen,
           uint64_t ext_seq, uint64_t ext_ack, unsigned char *out, Py_ssize_t cap, Py_ssize_t *out_len)
 {
     Py_ssize_t options_len = hlen - TCP_HEADER_LEN;
+    const unsigned char *options = in + l4 + TCP_HEADER_LEN;
+    unsigned char compact[TCP_MAX_OPTION_SPACE];
+    unsigned kernel_word = get16(in + l4 + 12);
     if (check_extension(in + l4, ext_seq, ext_ack) < 0)
         return -1;
-    if (options_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE)
-        return 0;
+    if (options_len + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE) {
+        Py_ssize_t n = compact_options(options, (size_t)options_len, compact);
+        if (n < 0 || n + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE)
+            return 0;
+        options = compact;
+        options_len = n;
+        kernel_word = (unsigned)(((TCP_HEADER_LEN + n) >> 2) << 12) | (kernel_word & 0x0FFF);
+    }
     Py_ssize_t payload_len = len - l4 - hlen;
-    Py_ssize_t tcp_len = hlen + MAC_OPTION_LEN + payload_len;
+    Py_ssize_t wire_hlen = TCP_HEADER_LEN + options_len + MAC_OPTION_LEN;
+    Py_ssize_t tcp_len = wire_hlen + payload_len;
     if (check_ip_len(in, l4, tcp_len) < 0)
         return -1;
     if (l4 + tcp_len > cap) {
@@ -518,14 +592,15 @@ seal_into(SegmentCipherObject *self, const unsigned char *in, Py_ssize_t len, Py
         return -1;
     }
     unsigned char *tcp = out + l4;
-    unsigned char *ct = tcp + hlen + MAC_OPTION_LEN;
-    memcpy(out, in, (size_t)(l4 + hlen));
-    tcp[12] = (unsigned char)((((hlen + MAC_OPTION_LEN) >> 2) << 4) | (in[l4 + 12] & 0x0F));
+    unsigned char *ct = tcp + wire_hlen;
+    memcpy(out, in, (size_t)(l4 + TCP_HEADER_LEN));
+    memcpy(tcp + TCP_HEADER_LEN, options, (size_t)options_len);
+    tcp[12] = (unsigned char)(((wire_hlen >> 2) << 4) | (in[l4 + 12] & 0x0F));
     tcp[16] = tcp[17] = 0;
-    memcpy(tcp + hlen, MAC_PREFIX, 4);
+    memcpy(tcp + TCP_HEADER_LEN + options_len, MAC_PREFIX, 4);
     if ((payload_len && keystream_xor(self, ext_seq, in + l4 + hlen, ct, payload_len) < 0) ||
-        mac(self, ext_seq, ext_ack, in + l4, get16(in + l4 + 12), in + l4 + TCP_HEADER_LEN, (size_t)options_len,
-            ct, (size_t)payload_len, tcp + hlen + 4) < 0)
+        mac(self, ext_seq, ext_ack, in + l4, kernel_word, options, (size_t)options_len,
+            ct, (size_t)payload_len, tcp + TCP_HEADER_LEN + options_len + 4) < 0)
         return -1;
     finish_packet(out, l4, tcp_len);
     *out_len = l4 + tcp_len;

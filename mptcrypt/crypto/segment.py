@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from mptcrypt.constants import MAC_OPTION_LEN, MAC_TAG_LEN, TCP_MAX_OPTION_SPACE, SymCipher
 from mptcrypt.crypto.keyschedule import DirectionSecrets
+from mptcrypt.wire.compact import compact_option_area
 from mptcrypt.wire.ip import rebuild_ip_header
 from mptcrypt.wire.messages import EXP_PREFIX
 from mptcrypt.wire.tcp import ACK
@@ -115,11 +116,16 @@ class PySegmentCipher:
         self._keys = SegmentKeys(suite, secrets)
 
     def seal(self, packet: bytes, l4: int, ext_seq: int, ext_ack: int) -> bytes | None:
-        """The on-wire packet for kernel `packet`, or None when its options leave no room for the MAC option."""
+        """The on-wire packet for kernel `packet`, or None when its options leave no room for the MAC option even
+        in their compact form (`wire.compact`: no NOPs, DSS data ACK and DSN in 4 bytes), which the MAC then covers."""
         off_flags, window, urg, hlen = _tcp_header(packet, l4, ext_seq, ext_ack)
         options = packet[l4 + TCP_HEADER_LEN:l4 + hlen]
         if len(options) + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE:
-            return None
+            # timestamps beside a DSS fill the area: the compact form makes room (wire/compact.py, §5)
+            options = compact_option_area(options)
+            if len(options) + MAC_OPTION_LEN > TCP_MAX_OPTION_SPACE:
+                return None
+            off_flags = (((TCP_HEADER_LEN + len(options)) >> 2) << 12) | (off_flags & 0x0FFF)
         payload = packet[l4 + hlen:]
         keys = self._keys
         ct = keys.crypt(ext_seq, payload) if payload else b""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 
 from mptcrypt.constants import (MSS_CLAMP, TCP_MAX_OPTION_SPACE, TCPOPT_EOL, TCPOPT_MPTCP, TCPOPT_MSS, TCPOPT_NOP,
-                                TCPOPT_SACK, TCPOPT_WSCALE)
+                                TCPOPT_SACK, TCPOPT_TIMESTAMP, TCPOPT_WSCALE)
 from mptcrypt.crypto.segment import assemble
 from mptcrypt.errors import DecodeError
 from mptcrypt.wire.checksum import tcp_checksum
@@ -29,8 +29,9 @@ def with_options(seg: Segment, add: bytes = b"", strip=(), clamp: bool = False,
                  keep_payload: bool = True) -> tuple[bytes, bool]:
     """`seg`'s packet with its option list rewritten (never more than 40 bytes): options of a kind in `strip`
     removed (with the NOPs that padded them), the MSS lowered by the MAC option's size when `clamp`, `add`
-    appended, the payload left out unless `keep_payload`. Returns (packet, overflow): overflow is True when
-    `add` did not fit and was left out."""
+    appended, the payload left out unless `keep_payload`. When `add` does not fit, the alignment NOPs go first,
+    then the timestamps option. Returns (packet, overflow): overflow is True when `add` did not fit even then
+    and was left out."""
     kept: list[TCPOption] = []
     for o in seg.tcp_options():
         if o.kind in strip or o.kind == TCPOPT_EOL:
@@ -45,6 +46,10 @@ def with_options(seg: Segment, add: bytes = b"", strip=(), clamp: bool = False,
         # the kernel's alignment NOPs can be all that leaves no room (options need no alignment, RFC 9293
         # §3.1): a join SYN-ACK fits SACK-permitted beside MP_JOIN and NEXTK2 only without them
         kept = realign([o for o in kept if o.kind != TCPOPT_NOP])
+        raw = pad_options(encode_options(kept) + add)
+    if len(raw) > TCP_MAX_OPTION_SPACE and any(o.kind == TCPOPT_TIMESTAMP for o in kept):
+        # what `add` carries (HELLO, PKCONF, NEXTK1/2) matters more than timestamps: a join SYN never fits both
+        kept = [o for o in kept if o.kind != TCPOPT_TIMESTAMP]
         raw = pad_options(encode_options(kept) + add)
     overflow = len(raw) > TCP_MAX_OPTION_SPACE
     if overflow:
@@ -83,6 +88,18 @@ def trim_sack(raw: bytes, limit: int) -> bytes | None:
     return None
 
 
+def without_kind(raw: bytes, kind: int) -> bytes | None:
+    """The option area without its options of `kind` (and without NOPs, padded at the end), or None when it has
+    none or cannot be parsed."""
+    try:
+        opts = parse_options(raw)
+    except DecodeError:
+        return None
+    if not any(o.kind == kind for o in opts):
+        return None
+    return pad_options(encode_options([o for o in opts if o.kind not in (kind, TCPOPT_NOP, TCPOPT_EOL)]))
+
+
 def with_option_area(seg: Segment, raw: bytes) -> bytes:
     """`seg`'s packet with the option area `raw` (a multiple of 4 bytes) instead of its own."""
     return assemble(seg.packet, seg.l4, raw, seg.payload())
@@ -112,6 +129,8 @@ def split_signals(seg: Segment, subtypes) -> tuple[bytes, bytes] | None:
         return None
     signals, rest = [], []
     for o in opts:
+        if o.kind in (TCPOPT_NOP, TCPOPT_EOL):
+            continue  # padding: each part is padded again
         if o.kind == TCPOPT_MPTCP and parse_mptcp(o.encode(), strict=False).subtype in subtypes:
             signals.append(o)
         else:

@@ -86,6 +86,43 @@ def test_protected_mptcp_over_two_delayed_paths(env):
         print(f"{h}: init_retransmits {s['init_retransmits'] - before[h]['init_retransmits']} at 40 ms RTT")
 
 
+def test_both_subflows_run_with_tcp_timestamps(env):
+    """Under mptcrypt the kernels keep TCP timestamps (docs/protocol.md §3, §6): the first subflow's SYN carries
+    them end to end, a join's are restored by the daemons (no room beside NEXTK1 / NEXTK2). On the wire of each
+    path, data segments (client kernel) and ACKs (server kernel) carry a timestamps option beside the MAC, so both
+    kernels negotiated them on both subflows, and the echoes are the peer kernel's real clock (not the 0 a
+    daemon restored in the SYN)."""
+    net = env
+    caps = {intf: net["server"].popen(["tcpdump", "-i", intf, "-nn", "-v", "-l", "-c", "60", "tcp port 5016"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for intf in ("s-eth0", "s-eth1")}
+    try:
+        # tcpdump opens its socket before it prints anything: give it the moment the ping takes
+        net["client"].run(["ping", "-n", "-c", "2", "-i", "0.2", "10.0.1.1"])
+        sent, got = transfer(net, 5016, 32 << 20)
+        assert got["sha256"] == sent["sha256"]
+        for intf, cap in caps.items():
+            out, _ = cap.communicate(timeout=30)
+            # segments with a DSS: the daemon-made INIT1/INIT2 and the handshake's MP_CAPABLE / MP_JOIN segments
+            # (no room for timestamps beside them, `timestamps_removed`) are not what this checks
+            lines = [ln for ln in out.splitlines() if re.search(r"mptcp \d+ dss", ln)]
+            to_server = [ln for ln in lines if "> 10.0.1.1.5016" in ln and "length 0" not in ln]
+            to_client = [ln for ln in lines if ln.split(">")[0].strip().endswith(".5016")]
+            assert to_server and to_client, (intf, out[-2000:])
+            for side in (to_server, to_client):
+                echoes = [re.search(r"TS val \d+ ecr (\d+)", ln) for ln in side]
+                assert all(echoes), (intf, [ln for ln, e in zip(side, echoes) if not e])  # timestamps on
+                # a join's first ACK echoes the 0 its SYN was restored with; from the first data on, real values
+                assert int(echoes[-1].group(1)) != 0, (intf, side[-1])
+    finally:
+        for cap in caps.values():
+            if cap.poll() is None:
+                cap.kill()
+                cap.wait(timeout=10)
+    for h in ("client", "server"):
+        assert stats(net, h)["option_overflow"] == 0
+
+
 def test_init_timer_on_a_160ms_rtt_path(env):
     """80 ms per direction: INIT1 -> INIT2 takes one 160 ms round trip plus the daemons' work, close to the
     first INIT timeout (init_rto 200 ms). Count the INIT retransmissions of ten fresh connections."""

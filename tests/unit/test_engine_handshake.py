@@ -22,7 +22,8 @@ def handshake(pair, mptcp=False, sport=40000, cisn=CISN, sisn=SISN):
     assert len(got) == 1
     _, h, _ = decode(got[0])
     kinds = [o.kind for o in parse_options(h.options)]
-    assert TCPOPT_TIMESTAMP not in kinds and 253 not in kinds and TCPOPT_SACK_PERM in kinds
+    # timestamps reach the server kernel (the compact option form leaves the MAC its room beside them)
+    assert TCPOPT_TIMESTAMP in kinds and 253 not in kinds and TCPOPT_SACK_PERM in kinds
     synack_opts = [o for o in syn_options(mpc(12, SKEY) if mptcp else None, ts=False)]
     synack = segment(S_ADDR, 5000, C_ADDR, sport, sisn, cisn + 1, SYN | ACK, synack_opts)
     got = pair.send("s", synack)
@@ -234,11 +235,12 @@ def test_replayed_nextk1_from_another_address_is_refused():
 
 
 def test_signal_beside_a_full_dss_is_split_onto_its_own_protected_ack():
-    """REMOVE_ADDR (4 bytes) + DSS (28) + MAC (12) > 40: the engine moves the signal to a pure ACK of its own."""
+    """REMOVE_ADDR of 8 ids (11 bytes) + DSS with checksum (28, compact 20) + MAC (12) > 40: the engine moves the
+    signal to a pure ACK of its own."""
     from mptcrypt.wire.tcp import TCPOption
 
     pair = mptcp_pair()
-    remove_addr = TCPOption(30, bytes((0x40, 3)))  # REMOVE_ADDR id 3
+    remove_addr = TCPOption(30, bytes((0x40, 3, 4, 5, 6, 7, 8, 9, 10)))  # REMOVE_ADDR ids 3-10
     data = segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH, [dss(1, 2, 1, 100), remove_addr],
                    b"d" * 100)
     got = pair.send("c", data)
@@ -246,7 +248,7 @@ def test_signal_beside_a_full_dss_is_split_onto_its_own_protected_ack():
     main, signal = (decode(p) for p in got)
     assert main[2] == b"d" * 100 and 0x40 not in [o.data[0] for o in parse_options(main[1].options) if o.kind == 30]
     assert signal[2] == b"" and signal[1].seq == CISN + 101
-    assert [o.data for o in parse_options(signal[1].options) if o.kind == 30] == [bytes((0x40, 3))]
+    assert [o.data for o in parse_options(signal[1].options) if o.kind == 30] == [bytes((0x40, 3, 4, 5, 6, 7, 8, 9, 10))]
     assert pair.eng["c"].stats()["signals_split"] == 1 and pair.eng["c"].stats()["option_overflow"] == 0
 
 
@@ -341,7 +343,9 @@ def test_join_subflows_keep_sack_permitted_beside_mp_join_and_nextk2():
     (got,) = pair.send("c", join_syn())
     syn_wire = [o.kind for o in parse_options(decode(pair.wire[-1])[1].options)]
     assert TCPOPT_SACK_PERM in syn_wire and TCPOPT_TIMESTAMP not in syn_wire and 253 in syn_wire
-    assert TCPOPT_SACK_PERM in [o.kind for o in parse_options(decode(got)[1].options)]
+    kernel = {o.kind: o for o in parse_options(decode(got)[1].options)}
+    # no room for timestamps on the wire beside NEXTK1: the responder's daemon restores them, tsval 0
+    assert TCPOPT_SACK_PERM in kernel and option_value(kernel[TCPOPT_TIMESTAMP]) == (0, 0)
     nop = TCPOption(1)
     linux_synack = [mss_option(1448), nop, nop, TCPOption(TCPOPT_SACK_PERM), nop, wscale_option(7),
                     mpj_synack(b"h" * 8, b"RRRR")]
@@ -350,6 +354,8 @@ def test_join_subflows_keep_sack_permitted_beside_mp_join_and_nextk2():
     (got,) = pair.send("s", synack)
     wire = decode(pair.wire[-1])[1].options
     assert len(wire) <= 40 and TCPOPT_SACK_PERM in [o.kind for o in parse_options(wire)]
-    assert [o.kind for o in parse_options(decode(got)[1].options) if o.kind != 1] == [2, TCPOPT_SACK_PERM, 3, 30]
+    kernel = [o for o in parse_options(decode(got)[1].options) if o.kind != 1]
+    assert [o.kind for o in kernel] == [2, TCPOPT_SACK_PERM, 3, 30, TCPOPT_TIMESTAMP]
+    assert option_value(kernel[-1]) == (0, 1000)  # restored: tsecr echoes the initiator kernel's own SYN tsval
     for e in pair.eng.values():
         assert e.stats()["option_overflow"] == 0 and e.stats()["joins_protected"] == 1

@@ -242,7 +242,10 @@ def test_nat_rewritten_ports_and_addresses_still_verify(impl):
 
 def test_no_room_for_the_mac(impl):
     tx, _ = ciphers(impl)
-    assert tx.seal(ipv4(tcp_bytes(options=bytes((1,)) * 32)), 20, 1, 2) is None
+    assert tx.seal(ipv4(tcp_bytes(options=bytes((99, 32)) + bytes(30))), 20, 1, 2) is None  # 32 bytes, one option
+    # 32 bytes that are mostly alignment: their compact form (4 bytes) leaves the MAC its room
+    wire = tx.seal(ipv4(tcp_bytes(options=bytes((1,)) * 28 + bytes((3, 3, 7, 1)))), 20, 1, 2)
+    assert wire is not None and wire[20 + 20:20 + 24] == bytes((3, 3, 7, 1)) and wire[32] >> 4 == 9
 
 
 def test_malformed_input_raises(impl):
