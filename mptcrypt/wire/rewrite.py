@@ -44,13 +44,14 @@ def with_options(seg: Segment, add: bytes = b"", strip=(), clamp: bool = False,
     raw = pad_options(encode_options(kept) + add)
     if len(raw) > TCP_MAX_OPTION_SPACE:
         # the kernel's alignment NOPs can be all that leaves no room (options need no alignment, RFC 9293
-        # §3.1): a join SYN-ACK fits SACK-permitted beside MP_JOIN and NEXTK2 only without them
-        kept = realign([o for o in kept if o.kind != TCPOPT_NOP])
-        raw = pad_options(encode_options(kept) + add)
-    if len(raw) > TCP_MAX_OPTION_SPACE and any(o.kind == TCPOPT_TIMESTAMP for o in kept):
-        # what `add` carries (HELLO, PKCONF, NEXTK1/2) matters more than timestamps: a join SYN never fits both
-        kept = [o for o in kept if o.kind != TCPOPT_TIMESTAMP]
-        raw = pad_options(encode_options(kept) + add)
+        # §3.1): a join SYN-ACK fits SACK-permitted beside MP_JOIN and NEXTK2 only without them, a resumed plain
+        # TCP SYN fits NEXTK1 beside timestamps only without the NOP before window scale either
+        bare = [o for o in kept if o.kind != TCPOPT_NOP]
+        for kept in (realign(bare), bare, [o for o in bare if o.kind != TCPOPT_TIMESTAMP]):
+            # what `add` carries (HELLO, PKCONF, NEXTK1/2) matters more than timestamps: a join SYN never fits both
+            raw = pad_options(encode_options(kept) + add)
+            if len(raw) <= TCP_MAX_OPTION_SPACE:
+                break
     overflow = len(raw) > TCP_MAX_OPTION_SPACE
     if overflow:
         raw = pad_options(encode_options(kept))

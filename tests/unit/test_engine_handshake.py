@@ -122,6 +122,10 @@ def test_resumption_uses_no_public_key_operation():
     assert sid1 == s.session_id(("10.0.1.1", 5000), ("10.0.1.2", 40002)) and sid1 != sid0
     data = segment(C_ADDR, 40002, S_ADDR, 5000, 6, 10, ACK | PSH, [], b"resumed data")
     assert pair.send("c", data) == [data]
+    # a plain TCP SYN fits NEXTK1-resume beside real timestamps (40 bytes without alignment NOPs)
+    syn = next(h for _, h, _ in map(decode, pair.wire) if h.flags == SYN and h.sport == 40002)
+    kinds = {o.kind: o for o in parse_options(syn.options)}
+    assert 253 in kinds and option_value(kinds[TCPOPT_TIMESTAMP]) == (1000, 0) and len(syn.options) == 40
 
 
 def test_resumptions_up_to_the_end_of_the_key_chain_then_a_full_handshake():
