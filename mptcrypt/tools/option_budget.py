@@ -1,14 +1,21 @@
-"""The 40-byte TCP option budget of every MPTCP option combination Linux emits, and the room left for the
-12-byte mptcrypt MAC option. ``python -m mptcrypt.tools.option_budget`` prints the table that is in
+"""The 40-byte TCP option budget of every MPTCP option combination Linux emits, and what the mptcrypt daemon does
+to fit its 12-byte MAC option beside it. ``python -m mptcrypt.tools.option_budget`` prints the table that is in
 docs/option-budget.md (a unit test keeps the two identical).
 
 Every figure is the length of real option bytes: each case builds the TCP option block Linux writes for it
 (``tcp_options_write`` + ``mptcp_write_options``: MSS, NOP+WS, SACK-permitted packed with the timestamp or
-behind two NOPs, NOP NOP TS, and each MPTCP suboption padded with NOPs to a 32-bit word) using the codec of
-:mod:`mptcrypt.wire.mptcp`, and measures it. The accounting mirrors Linux ``net/mptcp/options.c``
-(``mptcp_established_options`` and friends): ADD_ADDR goes only on a pure ACK and replaces the DSS there;
-REMOVE_ADDR, MP_PRIO and MP_FAIL ride beside a DSS when the room left after the timestamp allows; a
-suboption that does not fit is not written and the kernel tries again on a later segment.
+behind two NOPs, NOP NOP TS, NOP NOP SACK, and each MPTCP suboption padded with NOPs to a 32-bit word) using the
+codec of :mod:`mptcrypt.wire.mptcp`, and measures it. The accounting mirrors Linux ``net/mptcp/options.c``
+(``mptcp_established_options`` and friends) and ``tcp_established_options``: ADD_ADDR goes only on a pure ACK and
+replaces the DSS there; REMOVE_ADDR, MP_PRIO and MP_FAIL ride beside a DSS when the room left after the
+timestamp allows; a suboption that does not fit is not written and the kernel tries again on a later segment;
+SACK blocks take what the MPTCP options leave.
+
+What the daemon does is computed by running the project's own functions on those bytes in the order the data
+path runs them (``crypto/segment`` seal, then ``core/datapath._no_room``): the compact form
+(:func:`mptcrypt.wire.compact.compact_option_area`), SACK trimming, removing the timestamps option, moving
+signals to a pure ACK of the daemon's own (:mod:`mptcrypt.wire.rewrite`); for SYNs, ``rewrite.with_options``
+adding the handshake option.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from dataclasses import dataclass
 from enum import Enum
 
 from mptcrypt.constants import (
+    DEFAULT_PUB_CIPHERS,
     EXP_HEADER_LEN,
     MAC_OPTION_LEN,
     TCP_MAX_OPTION_SPACE,
+    TCPOPT_EXP,
     TCPOPT_MSS,
     TCPOPT_NOP,
     TCPOPT_SACK,
@@ -28,6 +37,10 @@ from mptcrypt.constants import (
     TCPOPT_TIMESTAMP,
     TCPOPT_WSCALE,
 )
+from mptcrypt.core.datapath import SPLIT_SUBTYPES
+from mptcrypt.wire import rewrite
+from mptcrypt.wire.compact import compact_option_area
+from mptcrypt.wire.ip import build_ip_header
 from mptcrypt.wire.messages import (
     MAX_PKCONF_CIPHERS,
     OPTLEN_HELLO,
@@ -43,12 +56,17 @@ from mptcrypt.wire.mptcp import (
     MptcpOption,
     encode_mptcp,
 )
+from mptcrypt.wire.segment import Segment, parse_segment
 from mptcrypt.wire.tcp import (
+    ACK,
+    SYN,
     TCPOLEN_MSS,
     TCPOLEN_SACK_BLOCK,
     TCPOLEN_SACK_PERM,
     TCPOLEN_TIMESTAMP,
     TCPOLEN_WSCALE,
+    TCPHeader,
+    parse_options,
 )
 
 # Linux tcp_output.c writes: MSS (4); NOP + window scale (3); SACK-permitted (2) + timestamp (10) on a SYN, or
@@ -100,28 +118,101 @@ def linux_options_len(mptcp_lengths, *, syn: bool, ts: bool, sack_perm: bool, sa
         sum(align4(n) for n in mptcp_lengths)
 
 
+OPTLEN_PKCONF = EXP_HEADER_LEN + 1 + len(DEFAULT_PUB_CIPHERS)  # header, type, the default cipher list
 OPTLEN_PKCONF_MAX = EXP_HEADER_LEN + 1 + MAX_PKCONF_CIPHERS  # header, type, up to MAX_PKCONF_CIPHERS ids
+MAC_ROOM = TCP_MAX_OPTION_SPACE - MAC_OPTION_LEN  # what the kernel's options may take beside the MAC: 28
+TCP_NUM_SACKS = 4  # Linux include/linux/tcp.h: the most SACK blocks it reports
+TCPOLEN_SACK_BASE_ALIGNED = 4  # NOP NOP kind length
 
 
-class Handling(Enum):
-    """What the mptcrypt daemon does with a protected segment (timestamps and SACK off)."""
+def linux_sack_blocks(used: int) -> int:
+    """How many SACK blocks Linux writes on an established segment whose other options take ``used`` bytes, when
+    it has out-of-order data to report (``tcp_established_options``: SACK gets what MPTCP left, if one block fits)."""
+    left = TCP_MAX_OPTION_SPACE - used
+    if left < TCPOLEN_SACK_BASE_ALIGNED + TCPOLEN_SACK_BLOCK:
+        return 0
+    return min(TCP_NUM_SACKS, (left - TCPOLEN_SACK_BASE_ALIGNED) // TCPOLEN_SACK_BLOCK)
 
-    HANDSHAKE = "no MAC on a SYN: the space left carries the handshake option"
-    STRIP_TS = "remove timestamps and SACK-permitted from the SYN, then add the handshake option"
-    MAC = "MAC added"
-    SPLIT = "move the signalling suboption to a daemon-made pure ACK with its own MAC"
-    DROP = "drop and count"
+
+# --- what the daemon does: the project's own functions on the bytes -------------------------------------------
+_SRC, _DST = bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))
 
 
-def handling_for(options_len: int, movable_len: int = 0) -> Handling:
-    """Decide for an established protected segment whose kernel options take ``options_len`` bytes, of which
-    ``movable_len`` are REMOVE_ADDR / MP_PRIO / MP_FAIL suboptions (padding included) that can travel on a
-    separate pure ACK."""
-    if fits_with_mac(options_len):
-        return Handling.MAC
-    if movable_len and fits_with_mac(options_len - movable_len):
-        return Handling.SPLIT
-    return Handling.DROP
+def _segment(area: bytes, flags: int = ACK) -> Segment:
+    """An IPv4 segment without payload whose option area is ``area``."""
+    tcp = TCPHeader(_PORT, _PORT, 1, 1, flags, 65535, options=area).encode(b"", _SRC, _DST)
+    return parse_segment(build_ip_header(_SRC, _DST, len(tcp)) + tcp)
+
+
+def sealed_area(area: bytes) -> bytes | None:
+    """The option area ``seal`` puts beside the MAC for kernel options ``area`` (``crypto/segment``): the area
+    itself when the MAC fits beside it, else its compact form when the MAC fits beside that, else None."""
+    if fits_with_mac(len(area)):
+        return area
+    compact = compact_option_area(area)
+    return compact if fits_with_mac(len(compact)) else None
+
+
+class Step(Enum):
+    """What the sending daemon does, beyond sealing, to an established segment whose options leave no room for the
+    MAC even in their compact form (``core/datapath._no_room``, in this order; the counter it bumps)."""
+
+    TRIM_SACK = "sack_trimmed"
+    DROP_TS = "timestamps_removed"
+    SPLIT = "signals_split"
+    DROP = "option_overflow"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the daemon sends for one kernel segment of a protected subflow."""
+
+    steps: tuple[Step, ...]
+    sent: tuple[bytes, ...]  # the option areas of the segments it sends, MAC option not counted; () when dropped
+    compact: bool  # the kernel's options did not leave room for the MAC as they were
+
+
+def protect_options(area: bytes) -> Outcome:
+    """Run the data path's decisions on kernel option area ``area``: seal (compact form if need be), else trim SACK
+    blocks, else remove the timestamps option, else move REMOVE_ADDR / MP_PRIO / MP_FAIL to a pure ACK, else drop."""
+    steps: list[Step] = []
+    compact = not fits_with_mac(len(area))
+    while True:
+        sealed = sealed_area(area)
+        if sealed is not None:
+            return Outcome(tuple(steps), (sealed,), compact)
+        short = compact_option_area(area)
+        trimmed = rewrite.trim_sack(short, MAC_ROOM)
+        if trimmed is not None:
+            steps.append(Step.TRIM_SACK)
+            area = trimmed
+            continue
+        untimed = rewrite.without_kind(short, TCPOPT_TIMESTAMP)
+        if untimed is not None:
+            steps.append(Step.DROP_TS)
+            area = untimed
+            continue
+        split = rewrite.split_signals(_segment(area), SPLIT_SUBTYPES)
+        if split is None or MAC_OPTION_LEN + max(len(split[0]), len(split[1])) > TCP_MAX_OPTION_SPACE:
+            return Outcome((*steps, Step.DROP), (), compact)
+        return Outcome((*steps, Step.SPLIT), tuple(sealed_area(a) for a in split), compact)
+
+
+def syn_with_option(block: bytes, length: int) -> tuple[bytes, bool]:
+    """The option area of a SYN / SYN-ACK with kernel options ``block`` once the daemon adds a ``length``-byte
+    mptcrypt option (``rewrite.with_options``: the alignment NOPs go first, then the timestamps option), and
+    whether the option was left out for lack of room."""
+    placeholder = bytes((TCPOPT_EXP, length)) + bytes(length - 2)
+    packet, overflow = rewrite.with_options(_segment(block, SYN), add=placeholder)
+    return parse_segment(packet).option_bytes(), overflow
+
+
+def has_timestamps(area: bytes) -> bool:
+    return any(o.kind == TCPOPT_TIMESTAMP for o in parse_options(area))
+
+
+def sack_blocks(area: bytes) -> int:
+    return sum(len(o.data) // TCPOLEN_SACK_BLOCK for o in parse_options(area) if o.kind == TCPOPT_SACK)
 
 
 @dataclass(frozen=True)
@@ -131,33 +222,37 @@ class Case:
     segment: str  # which segment carries it
     mptcp: tuple[MptcpOption, ...]  # MPTCP suboptions in Linux's write order
     syn: bool = False  # SYN / SYN-ACK: MSS, WS and SACK-permitted too
-    movable: tuple[int, ...] = ()  # indexes into ``mptcp`` of suboptions the daemon may move to a pure ACK
+    movable: tuple[int, ...] = ()  # indexes into ``mptcp`` of the suboptions a split moves to a pure ACK
     note: str = ""
-    # SYN / SYN-ACK: (mptcrypt option it carries, its length, does the segment carry TS when a daemon adds it)
+    # SYN / SYN-ACK: (mptcrypt option a daemon adds, its length, does the receiving daemon give its kernel a
+    # timestamps option back when the option left none on the wire: core/join.py restore_ts)
     handshake: tuple[str, int, bool] | None = None
 
     def mptcp_bytes(self) -> list[bytes]:
         return [padded(encode_mptcp(o)) for o in self.mptcp]
 
-    def options(self, ts: bool) -> bytes:
+    def options(self, ts: bool, sack_blocks: int = 0) -> bytes:
         """The whole option block, as Linux writes it, with or without timestamps (and SACK-permitted)."""
-        return plain_tcp_options(syn=self.syn, ts=ts, sack_perm=ts) + b"".join(self.mptcp_bytes())
+        return plain_tcp_options(syn=self.syn, ts=ts, sack_perm=ts, sack_blocks=sack_blocks) + \
+            b"".join(self.mptcp_bytes())
 
     def used(self, ts: bool) -> int:
         return len(self.options(ts))
 
-    def movable_len(self) -> int:
-        return sum(len(b) for i, b in enumerate(self.mptcp_bytes()) if i in self.movable)
+    def sent_by_linux(self) -> bool:
+        """Linux writes this combination beside timestamps (else the suboption waits: note 1 of the doc)."""
+        return self.used(ts=True) <= TCP_MAX_OPTION_SPACE
 
-    def handling(self) -> Handling:
-        if self.handshake:
-            _, length, with_ts = self.handshake
-            if align4(length) <= TCP_MAX_OPTION_SPACE - self.used(ts=with_ts):
-                return Handling.HANDSHAKE
-            if align4(length) <= TCP_MAX_OPTION_SPACE - self.used(ts=False):
-                return Handling.STRIP_TS
-            return Handling.DROP
-        return handling_for(self.used(ts=False), self.movable_len())
+    def outcome(self, ts: bool = True, sack: bool = False) -> Outcome:
+        """What the daemon sends for this established segment, with or without timestamps; ``sack``: with as many
+        SACK blocks as Linux puts in the room left."""
+        blocks = linux_sack_blocks(self.used(ts)) if sack else 0
+        return protect_options(self.options(ts, blocks))
+
+    def handshake_area(self) -> tuple[bytes, bool]:
+        """SYN / SYN-ACK: its option area on the wire with the handshake option, and whether that did not fit."""
+        _, length, _ = self.handshake
+        return syn_with_option(self.options(ts=True), length)
 
 
 def _dss(ack: int | None = None, dsn: bool = False, csum: bool = False, ack64: bool = True, fin: bool = False):
@@ -179,20 +274,20 @@ _FAIL = MptcpOption.mp_fail(1)
 CASES: tuple[Case, ...] = (
     # --- handshakes
     Case("SYN", (MptcpOption.mpc_syn(),), syn=True, note="MP_CAPABLE SYN",
-         handshake=("HELLO", OPTLEN_HELLO, True)),
+         handshake=("HELLO", OPTLEN_HELLO, False)),
     Case("SYN", (MptcpOption.mpc_syn(),), syn=True, note="MP_CAPABLE SYN of a resumed connection",
          handshake=("NEXTK1-resume", OPTLEN_NEXTK1_RESUME, True)),
     Case("SYN-ACK", (MptcpOption.mpc_synack(_KEY),), syn=True, note="MP_CAPABLE SYN-ACK",
-         handshake=("PKCONF", OPTLEN_PKCONF_MAX, False)),
+         handshake=("PKCONF", OPTLEN_PKCONF, False)),
     Case("SYN-ACK", (MptcpOption.mpc_synack(_KEY),), syn=True, note="MP_CAPABLE SYN-ACK of a resumed connection",
-         handshake=("NEXTK2", OPTLEN_NEXTK2, False)),
+         handshake=("NEXTK2", OPTLEN_NEXTK2, True)),
     Case("third ACK", (MptcpOption.mpc_ack(_KEY, _KEY),), note="MP_CAPABLE ACK"),
     Case("first data", (MptcpOption.mpc_ack(_KEY, _KEY, 1),), note="MP_CAPABLE ACK + data (22 + 2 NOPs)"),
     Case("first data", (MptcpOption.mpc_ack(_KEY, _KEY, 1, 0),), note="MP_CAPABLE ACK + data + checksum"),
     Case("join SYN", (MptcpOption.mpj_syn(0, 0),), syn=True, note="MP_JOIN SYN",
          handshake=("NEXTK1", OPTLEN_NEXTK1_JOIN, True)),
     Case("join SYN-ACK", (MptcpOption.mpj_synack(_THMAC, 0),), syn=True, note="MP_JOIN SYN-ACK",
-         handshake=("NEXTK2", OPTLEN_NEXTK2, False)),
+         handshake=("NEXTK2", OPTLEN_NEXTK2, True)),
     Case("join third ACK", (MptcpOption.mpj_ack(_HMAC),), note="MP_JOIN ACK"),
     # --- established: DSS
     Case("pure ACK", (_dss(ack=1, ack64=False),), note="DSS, 32-bit data ACK (until a 64-bit DSN is seen)"),
@@ -237,43 +332,53 @@ CASES: tuple[Case, ...] = (
 )
 
 
-def _cell_ts(case: Case) -> str:
-    used = case.used(ts=True)
-    if used > TCP_MAX_OPTION_SPACE:
-        return f"{used} | - | not sent¹"
-    left = TCP_MAX_OPTION_SPACE - used
-    return f"{used} | {left} | " + ("-" if case.syn else "yes" if fits_with_mac(used) else "no")
+def _handshake_cell(case: Case) -> str:
+    name, length, restored = case.handshake
+    area, overflow = case.handshake_area()
+    if overflow:
+        return f"{name} ({length}) does not fit"
+    if has_timestamps(area):
+        return f"{name} ({length}) beside TS: {len(area)}"
+    back = "the peer's daemon restores it" if restored else "not restored"
+    return f"TS gives way² to {name} ({length}): {len(area)}; {back}"
 
 
-def _action(case: Case) -> str:
-    h = case.handling()
-    used = case.used(ts=False)
-    if case.handshake:
-        name, length, with_ts = case.handshake
-        if h is Handling.HANDSHAKE:
-            where = "beside TS" if with_ts else "no TS"
-            return f"{name} ({align4(length)}) in {TCP_MAX_OPTION_SPACE - case.used(ts=with_ts)} left, {where}²"
-        if h is Handling.STRIP_TS:
-            return f"strip TS + SACK-perm², then {name} ({align4(length)}) in {TCP_MAX_OPTION_SPACE - used} left"
-        return "does not fit"
-    if h is Handling.MAC:
-        return "MAC"
-    if h is Handling.SPLIT:
-        rest, moved = used - case.movable_len(), case.movable_len()
-        return f"split³: segment {rest} + MAC; pure ACK {moved} + MAC"
-    return "drop + count⁴"
+def _outcome_cell(o: Outcome) -> str:
+    done = [{Step.TRIM_SACK: "trim SACK⁷", Step.DROP_TS: "drop TS⁴"}[s] for s in o.steps
+            if s in (Step.TRIM_SACK, Step.DROP_TS)]
+    if Step.DROP in o.steps:
+        return ", ".join([*done, "drop + count⁶"])
+    if Step.SPLIT in o.steps:
+        return ", ".join([*done, f"split⁵: segment {len(o.sent[0])} + MAC; pure ACK {len(o.sent[1])} + MAC"])
+    if done:
+        return f"{', '.join(done)}: {len(o.sent[0])} + MAC"
+    return "compact + MAC³" if o.compact else "MAC"
+
+
+def _sack_cell(case: Case) -> str:
+    n = linux_sack_blocks(case.used(ts=True))
+    if not n:
+        return "0"
+    sent = case.outcome(sack=True).sent
+    return f"{n} → {sack_blocks(sent[0])}" if sent else f"{n} → -"
 
 
 def render_table() -> str:
     """The markdown budget table of docs/option-budget.md."""
-    head = ("| # | segment | MPTCP options | with TS+SACK: used | left | MAC fits | without TS/SACK: used | left "
-            "| MAC fits | mptcrypt |")
-    rows = [head, "|" + "---|" * 10]
+    head = ("| # | segment | MPTCP options | Linux, TS+SACK: used | left | compact | MAC fits | SACK blocks⁷ "
+            "| mptcrypt |")
+    rows = [head, "|" + "---|" * 9]
     for i, case in enumerate(CASES, 1):
-        used = case.used(ts=False)
-        fits = "-" if case.syn else "yes" if fits_with_mac(used) else "no"
-        rows.append(f"| {i} | {case.segment} | {case.note} | {_cell_ts(case)} | {used} | "
-                    f"{TCP_MAX_OPTION_SPACE - used} | {fits} | {_action(case)} |")
+        used = case.used(ts=True)
+        if case.syn:
+            cells = [str(used), str(TCP_MAX_OPTION_SPACE - used), "-", "-", "-", _handshake_cell(case)]
+        elif not case.sent_by_linux():
+            cells = [str(used), "-", "-", "-", "-", "not sent¹; without TS: " + _outcome_cell(case.outcome(ts=False))]
+        else:
+            compact = len(compact_option_area(case.options(ts=True)))
+            cells = [str(used), str(TCP_MAX_OPTION_SPACE - used), str(compact),
+                     "yes" if fits_with_mac(compact) else "no", _sack_cell(case), _outcome_cell(case.outcome())]
+        rows.append(f"| {i} | {case.segment} | {case.note} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 
