@@ -76,7 +76,7 @@ def test_key_figures():
 
 def test_handshake_options_and_timestamps():
     """HELLO and PKCONF (default cipher list) fit beside TS; NEXTK1 / NEXTK2 take its place (the peer's daemon
-    restores it, test_engine_handshake); a PKCONF of more than 3 ciphers pushes TS out too (not restored)."""
+    restores it, test_engine_handshake); a PKCONF of more than 4 ciphers pushes TS out too (not restored)."""
     for case in (c for c in ob.CASES if c.syn):
         area, overflow = case.handshake_area()
         assert not overflow and len(area) <= TCP_MAX_OPTION_SPACE
@@ -85,7 +85,8 @@ def test_handshake_options_and_timestamps():
         assert restored == name.startswith("NEXTK")
         assert TCPOPT_SACK_PERM in [o.kind for o in parse_options(area)]  # SACK-permitted stays
     synack = _case("MP_CAPABLE SYN-ACK").options(ts=True)
-    assert not ob.has_timestamps(ob.syn_with_option(synack, ob.OPTLEN_PKCONF + 1)[0])  # a fourth cipher
+    assert ob.has_timestamps(ob.syn_with_option(synack, ob.OPTLEN_PKCONF + 1)[0])  # a fourth cipher: 40 bytes
+    assert not ob.has_timestamps(ob.syn_with_option(synack, ob.OPTLEN_PKCONF + 2)[0])  # a fifth
     area, overflow = ob.syn_with_option(synack, ob.OPTLEN_PKCONF_MAX)
     assert not overflow and not ob.has_timestamps(area)
 
