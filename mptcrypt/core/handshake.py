@@ -12,7 +12,7 @@ from mptcrypt.core.config import Policy
 from mptcrypt.core.events import ACCEPT, DROP, Result, Verdict
 from mptcrypt.core.session import Connection, Session, Subflow, fmt_addr
 from mptcrypt.core.state import Ev
-from mptcrypt.core.synopts import clean_syn, kernel_tsval, rewritten
+from mptcrypt.core.synopts import clean_syn, rewritten
 from mptcrypt.core.table import Table
 from mptcrypt.crypto import keyschedule as ks
 from mptcrypt.crypto import pubkey
@@ -47,8 +47,7 @@ def send_syn(t: Table, sf: Subflow | None, key, seg: Segment, policy: Policy, no
 def rewrite_syn(t: Table, seg: Segment, sf: Subflow) -> Result:
     if sf.state is state.State.SYN_SENT_HELLO:
         return rewritten(t, seg, add=m.Hello().encode())
-    # resumption: NEXTK1 leaves room for timestamps only in a plain TCP SYN; the peer's daemon restores them
-    sf.hs.syn_tsval = kernel_tsval(seg)
+    # resumption: NEXTK1 leaves room for timestamps only in a plain TCP SYN (docs/protocol.md §6)
     return rewritten(t, seg, add=join.resume_option(sf))
 
 

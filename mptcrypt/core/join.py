@@ -22,7 +22,7 @@ from mptcrypt.wire.mptcp import MptcpOption, encode_mptcp
 from mptcrypt.wire.segment import Segment, parse_segment
 
 
-# the timestamps option a responder's daemon gives its kernel in a join or resumed SYN that arrived without one:
+# the timestamps option a responder's daemon gives its kernel in a join SYN that arrived without one:
 # tsval 0 (Linux takes a zero ts_recent as "none yet", so the initiator's first real tsval passes PAWS), tsecr 0
 RESTORED_SYN_TS = (0, 0)
 
@@ -171,7 +171,8 @@ def accept_resume(t: Table, sf: Subflow, key, seg: Segment, msg: m.NextK1Resume,
             sf.conn = Connection(session, index, resumed=True)
             sf.index, sf.resumed = index, True
             t.register_resume(session)
-            return clean_syn(t, seg, restore_ts=RESTORED_SYN_TS)
+            # no timestamps restored here: a resumed MPTCP connection runs without them (docs/protocol.md §6)
+            return clean_syn(t, seg)
     t.counters["resume_fallbacks"] += 1  # unknown or stale: run the full handshake instead
     return None
 
@@ -211,5 +212,5 @@ def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2, now: float) 
         t.claim(sf.conn.session, index, sf.key)
         mptcp.remember_syn_key(sf, seg, local=False)
     t.keyed(sf, not sf.join, now)
-    tsval = sf.hs.syn_tsval
+    tsval = sf.hs.syn_tsval  # set by send_join_syn only: a resumed connection gets none (docs/protocol.md §6)
     return clean_syn(t, seg, restore_ts=None if tsval is None else (0, tsval))

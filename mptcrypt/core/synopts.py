@@ -30,9 +30,9 @@ def clean_syn(t: Table, seg: Segment, restore_ts: tuple[int, int] | None = None)
     """Inbound SYN or SYN-ACK for our kernel: no mptcrypt option, MSS clamped, timestamps kept (with them the
     compact option form leaves the MAC its room, docs/option-budget.md). SACK-permitted stays, on joins too.
 
-    `restore_ts` (tsval, tsecr) gives the kernel a timestamps option when the segment has none: a join's or a
-    resumed connection's SYN and SYN-ACK have no room for one beside NEXTK1 / NEXTK2, so the sender's daemon
-    removed it, and the receiving daemon puts one back for its kernel (docs/protocol.md §6). Its tsval is 0,
+    `restore_ts` (tsval, tsecr) gives the kernel a timestamps option when the segment has none: a join's SYN and
+    SYN-ACK have no room for one beside NEXTK1 / NEXTK2, so the sender's daemon removed it, and the receiving
+    daemon puts one back for its kernel (docs/protocol.md §7). Its tsval is 0,
     which RFC 7323 implementations take as "no timestamp yet" (Linux `tcp_paws_check`): the peer kernel's first
     real tsval then passes PAWS whatever its value."""
     add = b""
