@@ -27,7 +27,6 @@ from mptcrypt.core.state import State
 from mptcrypt.crypto import keyschedule as ks
 from mptcrypt.crypto import segment
 from mptcrypt.wire.compact import compact_option_area
-from mptcrypt.wire.mptcp import Has, Subtype, parse_mptcp
 from mptcrypt.wire.tcp import (ACK, PSH, SYN, TCPOption, encode_options, mss_option, option_value, parse_options,
                                timestamp_option, wscale_option)
 
@@ -358,8 +357,7 @@ def test_a_retransmitted_join_synack_gets_the_same_restored_ts_as_the_first():
     them on. In ESTABLISHED either copy only draws an ACK."""
     pair = mptcp_pair()
     join_to_synack(pair)
-    synack = join_synack(ts=(6666, 0))
-    (first,) = pair.send("s", synack)
+    (first,) = pair.send("s", join_synack(ts=(6666, 0)))
     (again,) = pair.send("s", join_synack(ts=(6700, 0)))
     assert ts_of(first) == ts_of(again) == [(0, 2000)]
 
