@@ -1,7 +1,7 @@
 """Attack 14 (mptcrypt-specific), signal replay: a verified MPTCP signal of the victim's, sent again later.
 
-Issue 12 item 9. Timestamps (hence PAWS) are off on protected flows, and a MAC verifies the same bytes as often as
-they arrive, so a pure ACK carrying an MPTCP signal that the victim once sent, MAC and all, verifies again when an
+Issue 12 item 9. A MAC verifies the same bytes as often as they arrive (and PAWS cannot be counted on: a protected
+segment with a long signal leaves without timestamps, a join starts from a restored zero one), so a pure ACK carrying an MPTCP signal that the victim once sent, MAC and all, verifies again when an
 on-path attacker replays it. The runner makes the victim send one: once the path-2 subflow carries data, it
 removes the client's path-2 endpoint (`ip mptcp endpoint delete id N`: the client's kernel sends REMOVE_ADDR(N) on
 path 1 and closes path 2) and adds it again with the same id (a new path-2 join). The attacker captures the
@@ -68,8 +68,8 @@ def attack(agent) -> dict:
 
 def refresh(packet: bytes, ts: tuple[int, int], ack: int) -> bytes:
     """`packet` with its TCP timestamp option set to `ts` (TSval, TSecr), its ACK number to `ack` and its TCP
-    checksum fixed. Only a segment without a MAC can be changed so; a protected subflow carries no timestamps (no
-    PAWS), so its replay is the captured bytes."""
+    checksum fixed. Only a segment without a MAC can be changed so (the MAC covers the timestamps), so a protected
+    subflow's replay is the captured bytes."""
     from mptcrypt.constants import TCPOPT_TIMESTAMP
     from mptcrypt.wire.checksum import tcp_checksum
     from mptcrypt.wire.segment import parse_segment

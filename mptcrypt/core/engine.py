@@ -239,7 +239,7 @@ class Engine:
                     return DROP
                 if verdict is SynVerdict.RETRANSMISSION:
                     state.advance(sf, _offer(seg))
-                    return clean_syn(t, seg)
+                    return clean_syn(t, seg, restore_ts=join.restored_syn_ts(sf))
                 sf = None  # a new connection: the phase replaces the old flow
             mpj = seg.mptcp_join()
             if mpj is not None and mpj.present & Has.TOKEN:

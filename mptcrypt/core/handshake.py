@@ -138,7 +138,7 @@ def recv_syn_ack(t: Table, sf: Subflow, seg: Segment, now: float) -> Result:
     seq = seg.seq
     if st in state.AWAITING_SYNACK:
         if sf.isn_remote == seq:  # SYN-ACK retransmission: let the kernel answer it (that ACK is protected)
-            return clean_syn(t, seg)
+            return clean_syn(t, seg, restore_ts=join.restored_synack_ts(sf))
         return DROP
     sf.isn_remote = seq
     sf.in_ref = seq + 1

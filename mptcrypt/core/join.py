@@ -27,6 +27,20 @@ from mptcrypt.wire.segment import Segment, parse_segment
 RESTORED_SYN_TS = (0, 0)
 
 
+def restored_syn_ts(sf: Subflow) -> tuple[int, int] | None:
+    """The timestamps option the responder's daemon restores in a join's SYN, its kernel's retransmissions
+    included (the kernel may have dropped the first copy: a full SYN or accept queue); None for any other SYN
+    (a resumed connection's: docs/protocol.md §6; the others cross with their own timestamps)."""
+    return RESTORED_SYN_TS if sf.join else None
+
+
+def restored_synack_ts(sf: Subflow) -> tuple[int, int] | None:
+    """(0, our kernel's latest SYN tsval) for a join's SYN-ACK, retransmissions included (the kernel may still be
+    in SYN-SENT); None when our kernel offered no timestamps, or for any other SYN-ACK."""
+    tsval = sf.hs.syn_tsval
+    return (0, tsval) if sf.join and tsval is not None else None
+
+
 # --- what the proofs bind (docs/protocol.md §6, §7; crypto/keyschedule.nextk*_context) ---------------------------
 def mp_join_bytes(mpj: MptcpOption | None) -> bytes:
     """The whole MP_JOIN option as on the wire (what the proofs bind; b"" when the segment has none)."""
@@ -98,7 +112,7 @@ def recv_join_syn(t: Table, sf: Subflow | None, key, seg: Segment, mpj: MptcpOpt
     _join_subflow(sf, conn, mpj, msg.index)
     sf.hs.join_syn = join_syn
     t.register_resume(conn.session)
-    return clean_syn(t, seg, restore_ts=RESTORED_SYN_TS)
+    return clean_syn(t, seg, restore_ts=restored_syn_ts(sf))
 
 
 def _join_subflow(sf: Subflow, conn, mpj: MptcpOption, index: int) -> None:
@@ -212,5 +226,4 @@ def recv_nextk2(t: Table, sf: Subflow, seg: Segment, msg: m.NextK2, now: float) 
         t.claim(sf.conn.session, index, sf.key)
         mptcp.remember_syn_key(sf, seg, local=False)
     t.keyed(sf, not sf.join, now)
-    tsval = sf.hs.syn_tsval  # set by send_join_syn only: a resumed connection gets none (docs/protocol.md §6)
-    return clean_syn(t, seg, restore_ts=None if tsval is None else (0, tsval))
+    return clean_syn(t, seg, restore_ts=restored_synack_ts(sf))

@@ -1,7 +1,7 @@
 """A middlebox that strips mptcrypt's option (kind 253) from a protected connection's segments (issue 13 item 2).
 
-Once keys exist, the kernels have agreed on things plain TCP cannot undo (the MSS lowered for the MAC option, no
-timestamps) and the payload on the wire is ciphertext: falling back to plain is impossible, and dropping every
+Once keys exist, the kernels have agreed on things plain TCP cannot undo (the MSS lowered for the MAC option, the
+compact option form) and the payload on the wire is ciphertext: falling back to plain is impossible, and dropping every
 segment that lost its MAC hangs the connection until the application gives up. So, like MPTCP's MP_FAIL turning
 into a reset when a subflow cannot fall back (RFC 8684 §3.7), the flow is reset, with a reason in `sessions`:
 
