@@ -1,8 +1,9 @@
 """Attack 14 (mptcrypt-specific), signal replay: a verified MPTCP signal of the victim's, sent again later.
 
 Issue 12 item 9. A MAC verifies the same bytes as often as they arrive (and PAWS cannot be counted on: a protected
-segment with a long signal leaves without timestamps, a join starts from a restored zero one), so a pure ACK carrying an MPTCP signal that the victim once sent, MAC and all, verifies again when an
-on-path attacker replays it. The runner makes the victim send one: once the path-2 subflow carries data, it
+segment with a long signal leaves without timestamps, a join starts from a restored zero one), so a pure ACK
+carrying an MPTCP signal that the victim once sent, MAC and all, verifies again when an on-path attacker replays
+it. The runner makes the victim send one: once the path-2 subflow carries data, it
 removes the client's path-2 endpoint (`ip mptcp endpoint delete id N`: the client's kernel sends REMOVE_ADDR(N) on
 path 1 and closes path 2) and adds it again with the same id (a new path-2 join). The attacker captures the
 REMOVE_ADDR segment off path 1 and, after data moved on, replays the captured frame byte for byte. A server that

@@ -110,7 +110,8 @@ class Handshake:
     Nothing on the hot path reads it."""
 
     __slots__ = ("held", "held_joins", "init_msg", "init_segment", "timer", "rto", "tries", "syn_sent", "rtt",
-                 "client_key", "n_c", "pub_list", "pub_cipher", "mptcp_keys", "join_syn", "resume_id", "syn_tsval")
+                 "client_key", "n_c", "pub_list", "pub_cipher", "mptcp_keys", "join_syn", "resume_id",
+                 "syn_tsval")
 
     def __init__(self):
         self.held: list[bytes] = []
@@ -129,7 +130,7 @@ class Handshake:
         self.mptcp_keys: dict[str, bytes] = {}  # MP_CAPABLE keys seen in the SYN/SYN-ACK, before the session exists
         self.join_syn = b""  # the join SYN's whole MP_JOIN option, bound by NEXTK1 and NEXTK2
         self.resume_id = b""  # a resumed connection's resume id, bound by NEXTK1 and NEXTK2
-        self.syn_tsval: int | None = None  # our kernel's tsval in its latest SYN (echoed in a restored SYN-ACK one)
+        self.syn_tsval: int | None = None  # our kernel's tsval in its latest join SYN (a restored SYN-ACK echoes it)
 
 
 class Subflow:

@@ -76,7 +76,8 @@ def test_key_figures():
 
 def test_handshake_options_and_timestamps():
     """HELLO and PKCONF (default cipher list) fit beside TS; NEXTK1 / NEXTK2 take its place (the peer's daemon
-    restores it for a join, test_engine_handshake; a resumed MPTCP connection runs without); a PKCONF of more than 4 ciphers pushes TS out too (not restored)."""
+    restores it for a join, test_engine_handshake; a resumed MPTCP connection runs without); a PKCONF of more than
+    4 ciphers pushes TS out too (not restored)."""
     for case in (c for c in ob.CASES if c.syn):
         area, overflow = case.handshake_area()
         assert not overflow and len(area) <= TCP_MAX_OPTION_SPACE

@@ -120,7 +120,8 @@ def test_a_linux_data_segment_keeps_its_timestamps_and_the_mac_fits():
 
     pair = mptcp_pair()
     data = tcp_segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH,
-                       [NOP, NOP, timestamp_option(7777, 8888), *linux_dss(1 << 40 | 5, 3 << 33 | 9, 1, 100)], b"d" * 100)
+                       [NOP, NOP, timestamp_option(7777, 8888), *linux_dss(1 << 40 | 5, 3 << 33 | 9, 1, 100)],
+                       b"d" * 100)
     assert len(decode(data)[1].options) == 40
     (got,) = pair.send("c", data)
     wire = parse_options(decode(pair.wire[-1])[1].options)
@@ -140,7 +141,8 @@ def test_timestamps_give_way_beside_an_option_that_leaves_no_room():
 
     pair = mptcp_pair()
     first = tcp_segment(C_ADDR, 40000, S_ADDR, 5000, CISN + 1, SISN + 1, ACK | PSH,
-                        [NOP, NOP, timestamp_option(5, 6), TCPOption(30, mpc(20, CKEY, SKEY).data + struct.pack("!H", 10))], b"0123456789")
+                        [NOP, NOP, timestamp_option(5, 6),
+                         TCPOption(30, mpc(20, CKEY, SKEY).data + struct.pack("!H", 10))], b"0123456789")
     (got,) = pair.send("c", first)
     assert TCPOPT_TIMESTAMP not in [o.kind for o in parse_options(decode(got)[1].options)]
     assert decode(got)[2] == b"0123456789" and len(decode(pair.wire[-1])[1].options) <= 40

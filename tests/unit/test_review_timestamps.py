@@ -6,8 +6,8 @@ joins get restored timestamps, resumed MPTCP connections none), from an attacker
    gives the same bytes or None for both; opening the sealed packet gives the compacted kernel packet in both;
    nothing ever has more than 40 option bytes (the compact form is never longer than the area it came from).
 2. Tampering: every bit of the timestamps option and of the short DSS on the wire is covered by the MAC.
-3. Handshake state: a join SYN that already carries TS gets no second one, a resumed one none restored; the SYN-ACK restore only when
-   our kernel offered TS; retransmitted join SYNs and SYN-ACKs get the same restored TS as the first copy; an
+3. Handshake state: a join SYN that already carries TS gets no second one, a resumed one none restored; the
+   SYN-ACK restore only when our kernel offered TS; retransmitted join SYNs and SYN-ACKs get the same restored TS as the first copy; an
    attacker's join SYN-ACK with TS decides nothing.
 4. Readers of the DSS outside the engine (the attack tools' View) expand the 4-byte forms.
 5. `_no_room`: never more than 40 option bytes, never plaintext, and what is counted.
