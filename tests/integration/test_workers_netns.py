@@ -20,6 +20,7 @@ pytestmark = pytest.mark.root
 
 PY = sys.executable
 PORT = 5150  # the transfer
+NBYTES = 128 << 20
 PROBE_PORT = 5199  # nothing listens: each probe is a SYN answered by RST
 PORTS = "5100-5199"
 MARKER = "MPTCRYPT-WORKERS-MARKER-91d2"
@@ -101,11 +102,13 @@ def test_subflows_on_two_workers_are_protected_and_intact(env):
     sink = net["server"].popen([PY, "-m", "mptcrypt.traffic", "sink", "--port", str(PORT), "--mptcp"],
                                stdout=subprocess.PIPE, text=True)
     assert json.loads(sink.stdout.readline())["event"] == "listening"
+    # 128 MiB: long enough (~1.5 s unloaded) for the loop below to see the join encrypting before the connection
+    # closes, also in a whole-suite run on a loaded machine (32 MiB ended first once there, 0.4 s)
     source = net["client"].popen([PY, "-m", "mptcrypt.traffic", "source", "--to", f"10.0.1.1:{PORT}", "--bytes",
-                                  str(32 << 20), "--marker", MARKER, "--mptcp"], stdout=subprocess.PIPE, text=True)
+                                  str(NBYTES), "--marker", MARKER, "--mptcp"], stdout=subprocess.PIPE, text=True)
     row, sids = None, set()
     deadline = time.time() + 20
-    while time.time() < deadline:
+    while time.time() < deadline and source.poll() is None:
         rows = [r for r in control(net, "server", "sessions")["sessions"]
                 if r.get("mptcp") and r["local"].endswith(f":{PORT}")]
         if rows and len([s for s in rows[0]["subflows"] if s["state"] == "encrypting"]) == 2:
@@ -116,13 +119,13 @@ def test_subflows_on_two_workers_are_protected_and_intact(env):
                         f"({local[0]!r}, {local[1]}), ({remote[0]!r}, {remote[1]})).hex())")
                 sids.add(net["server"].run([PY, "-c", code]).stdout.strip())
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     out, _ = source.communicate(timeout=180)
     sent = json.loads(out.strip().splitlines()[-1])
     got = json.loads(sink.stdout.readline())
     sink.wait(timeout=10)
 
-    assert sent["acked"] and got["bytes"] == 32 << 20 and got["sha256"] == sent["sha256"]
+    assert sent["acked"] and got["bytes"] == NBYTES and got["sha256"] == sent["sha256"]
     assert row is not None, "the server never showed two encrypting subflows of one connection"
     # one connection row, its first subflow in one worker and the join in the other
     assert sorted((s["kind"], s["worker"]) for s in row["subflows"]) == sorted([("mptcp", first), ("join", 1 - first)])
