@@ -47,13 +47,13 @@ def with_options(seg: Segment, add: bytes = b"", strip=(), clamp: bool = False,
         # §3.1): a join SYN-ACK fits SACK-permitted beside MP_JOIN and NEXTK2 only without them, a resumed plain
         # TCP SYN fits NEXTK1 beside timestamps only without the NOP before window scale either
         bare = [o for o in kept if o.kind != TCPOPT_NOP]
-        for kept in (realign(bare), bare, [o for o in bare if o.kind != TCPOPT_TIMESTAMP]):
+        for fitted in (realign(bare), bare, [o for o in bare if o.kind != TCPOPT_TIMESTAMP]):
             # what `add` carries (HELLO, PKCONF, NEXTK1/2) matters more than timestamps: a join SYN never fits both
-            raw = pad_options(encode_options(kept) + add)
+            raw = pad_options(encode_options(fitted) + add)
             if len(raw) <= TCP_MAX_OPTION_SPACE:
                 break
     overflow = len(raw) > TCP_MAX_OPTION_SPACE
-    if overflow:
+    if overflow:  # `add` is left out: the kernel's options stay, timestamps included
         raw = pad_options(encode_options(kept))
     return assemble(seg.packet, seg.l4, raw, seg.payload() if keep_payload else b""), overflow
 

@@ -478,3 +478,14 @@ def test_no_room_never_writes_past_40_bytes_nor_sends_plaintext(opts, counter):
     else:
         (k,) = got
         assert decode(k)[2] == payload and ts_of(k) == [] and c["option_overflow"] == 0
+
+
+def test_an_option_that_fits_nowhere_leaves_the_kernels_timestamps_alone():
+    """`add` that does not fit even without timestamps is left out (counted as option_overflow); the kernel's
+    options, its timestamps included, go on unchanged rather than losing both."""
+    from mptcrypt.wire import rewrite
+    from mptcrypt.wire.segment import parse_segment
+
+    syn = tcp_segment(C_ADDR, 40030, S_ADDR, 5000, 70, 0, SYN, linux_syn_options(mpc(4)))
+    packet, overflow = rewrite.with_options(parse_segment(syn), add=bytes((253, 30)) + bytes(28))
+    assert overflow and ts_of(packet) == ts_of(syn) and ts_of(syn)
